@@ -1,0 +1,1 @@
+"""lsgm_core: latent score-based generative models (LSGM) in PyTorch."""

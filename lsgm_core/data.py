@@ -1,0 +1,574 @@
+"""Data sets: IDX files (MNIST, Fashion-MNIST), dynamic binarisation, folders of images.
+
+Everything a data set needs is loaded into memory once, as a uint8 tensor; parsed files are
+cached per process (keyed by path, mtime and size), so a second ``load_dataset`` call is cheap.
+
+Where the files live: ``resolve_data_dir`` picks the argument, else ``$LSGM_DATA_DIR``, else
+``DEFAULT_DATA_DIR`` (``$XDG_CACHE_HOME/lsgm/data``, by default ``~/.cache/lsgm/data``).
+MNIST is read from ``<data_dir>/mnist/``, Fashion-MNIST from ``<data_dir>/fashion-mnist/``,
+under the official file names, gzip-compressed or not. Missing files are downloaded from the
+official mirrors and checked against the MD5 sums of the decompressed data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_DATA_DIR",
+    "MAX_IMAGE_PIXELS",
+    "DataError",
+    "ImageDataset",
+    "download_dataset",
+    "load_dataset",
+    "read_idx",
+    "resolve_data_dir",
+    "verify_data_dir",
+]
+
+
+class DataError(Exception):
+    """A problem with the user's data; the message says what is wrong and how to fix it."""
+
+
+def _default_data_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "lsgm" / "data"
+
+
+DEFAULT_DATA_DIR: Path = _default_data_dir()
+
+DATASETS = ("binarized-mnist", "mnist", "fashion-mnist")
+
+# Folder names; binarised MNIST is MNIST read differently.
+_SUBDIR = {"binarized-mnist": "mnist", "mnist": "mnist", "fashion-mnist": "fashion-mnist"}
+_TITLE = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+_SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# MD5 of the decompressed files: the same whichever mirror (or compression) they came from.
+_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+}
+_MIRRORS = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    ),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+}
+_DOWNLOAD_TIMEOUT_S = 30
+
+# Images larger than this are refused before decoding: a small file can expand to gigabytes.
+MAX_IMAGE_PIXELS = 50_000_000
+_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+# Files that operating systems drop into folders of pictures; not the user's images.
+_OS_JUNK = {"thumbs.db", "desktop.ini"}
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data folder: ``data_dir`` if given, else ``$LSGM_DATA_DIR``, else ``DEFAULT_DATA_DIR``."""
+    chosen = data_dir if data_dir not in (None, "") else os.environ.get("LSGM_DATA_DIR") or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().absolute()
+
+
+# ----------------------------------------------------------------------------- cache
+
+_CACHE: dict[tuple, tuple[tuple, object]] = {}
+
+
+def _cached(key: tuple, stamp: tuple, build: Callable[[], object]) -> object:
+    """``build()``, reused while ``stamp`` (mtimes and sizes) is unchanged; one entry per key."""
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    value = build()
+    _CACHE[key] = (stamp, value)
+    return value
+
+
+def _file_stamp(path: Path) -> tuple:
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size)
+
+
+# ----------------------------------------------------------------------------- IDX files
+
+# IDX type codes (third byte of the magic number); multi-byte types are big-endian.
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _decompressed_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"Cannot read {path}: {e.strerror or e}.") from e
+    # Decide by content, not by name, so a file whose suffix is wrong still reads.
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(
+                f"{path} is a damaged gzip file ({e}). Delete it and download it again, "
+                "or replace it with a good copy."
+            ) from e
+    return raw
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (plain or gzip-compressed) into a read-only array in native byte order.
+
+    The magic number, type code, dimensions and total size are checked; a bad file raises
+    ``DataError`` naming the file and the problem.
+    """
+    path = Path(path)
+    raw = _decompressed_bytes(path)
+
+    def bad(problem: str) -> DataError:
+        return DataError(
+            f"{path} is not a valid IDX file: {problem}. "
+            "Delete it and download it again, or replace it with a good copy."
+        )
+
+    if len(raw) < 4:
+        raise bad(f"it holds only {len(raw)} bytes, too few for the 4-byte magic number")
+    if raw[:2] != b"\x00\x00":
+        raise bad(f"bad magic number 0x{raw[:4].hex()} (an IDX file starts with two zero bytes)")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        raise bad(f"unknown data type code 0x{code:02x} in the magic number")
+    if ndim == 0:
+        raise bad("the magic number says it has 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise bad(f"the header of {ndim} dimensions needs {header} bytes but the file holds {len(raw)}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = header + math.prod(dims) * dtype.itemsize
+    if len(raw) != expected:
+        shape = " x ".join(map(str, dims))
+        what = "truncated" if len(raw) < expected else "followed by extra data"
+        raise bad(f"its header promises {shape} values of {dtype.name} ({expected} bytes in all) but it holds {len(raw)} bytes ({what})")
+    array = np.frombuffer(raw, dtype, offset=header).reshape(dims)
+    if dtype.itemsize > 1:
+        array = array.astype(dtype.newbyteorder("="))
+        array.flags.writeable = False
+    return array
+
+
+def _find_file(folder: Path, base: str) -> Path | None:
+    # The uncompressed file first: it loads faster.
+    for candidate in (folder / base, folder / f"{base}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_idx_split(images_path: Path, labels_path: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Images padded with zeros to ``image_size`` ([N, 1, S, S] uint8), labels (int64), padding."""
+
+    def build() -> tuple[torch.Tensor, torch.Tensor, int]:
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1] != images.shape[2]:
+            raise DataError(
+                f"{images_path} should hold square uint8 images [N, H, W] but holds {images.dtype.name} "
+                f"{list(images.shape)}; replace it with the official file."
+            )
+        if labels.dtype != np.uint8 or labels.ndim != 1 or len(labels) != len(images):
+            raise DataError(
+                f"{labels_path} should hold {len(images)} uint8 labels (one per image in {images_path.name}) "
+                f"but holds {labels.dtype.name} {list(labels.shape)}; the two files do not belong together."
+            )
+        if labels.size and labels.max() > 9:
+            raise DataError(f"{labels_path} has label {labels.max()}; the labels of these data sets are 0..9.")
+        side = images.shape[1]
+        if image_size < side or (image_size - side) % 2:
+            raise DataError(
+                f"image_size={image_size} does not fit {side}x{side} images: it must be {side} plus an even padding (32 is standard)."
+            )
+        pad = (image_size - side) // 2
+        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))[:, None]
+        return torch.from_numpy(padded), torch.from_numpy(labels.astype(np.int64)), pad
+
+    key = ("idx", str(images_path.resolve()), str(labels_path.resolve()), image_size)
+    stamp = (_file_stamp(images_path), _file_stamp(labels_path))
+    return _cached(key, stamp, build)
+
+
+# ----------------------------------------------------------------------------- data set
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images held in memory as uint8 ``[N, C, H, W]``; items are float32 in [0, 1].
+
+    With ``binarize`` every read draws a fresh Bernoulli sample with the pixel intensities as
+    probabilities (dynamic binarisation). ``crop`` is the zero padding around the original
+    images: likelihoods are computed on ``images[..., crop:H-crop, crop:W-crop]``.
+    The ``images`` tensor may be shared with other data sets loaded from the same files
+    (the in-process cache); treat it as read-only.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        name: str = "images",
+        kind: str | None = None,
+        binarize: bool = False,
+        num_classes: int = 0,
+        crop: int = 0,
+    ):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be a uint8 tensor [N, C, H, W], got {images.dtype} {list(images.shape)}")
+        if labels is None:
+            labels = torch.full((len(images),), -1, dtype=torch.int64)
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels must have shape [{len(images)}], got {list(labels.shape)}")
+        if kind is None:
+            kind = "binary" if binarize else "grey" if images.shape[1] == 1 else "colour"
+        if kind not in ("binary", "grey", "colour"):
+            raise ValueError(f"kind must be 'binary', 'grey' or 'colour', got {kind!r}")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.name = name
+        self.kind = kind
+        self.binarize = binarize
+        self.num_classes = num_classes
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.images[i].float().div_(255)
+        if self.binarize:
+            x = torch.bernoulli(x)
+        return x, int(self.labels[i])
+
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``[B, C, H, W]`` (float32 in [0, 1], binarised with ``generator`` if ``binarize``) and labels ``[B]``."""
+        x = self.images[idx].float().div_(255)
+        if self.binarize:
+            x = torch.bernoulli(x, generator=generator)
+        return x, self.labels[idx]
+
+
+# ----------------------------------------------------------------------------- download
+
+
+def _subdir(name: str) -> str:
+    if name not in _SUBDIR:
+        raise DataError(f"Unknown data set {name!r}: choose one of {', '.join(DATASETS)}, or 'folder:/path/to/images'.")
+    return _SUBDIR[name]
+
+
+def _howto(sub: str, folder: Path, bases: list[str]) -> str:
+    """What to put where, and where to get it."""
+    files = "\n".join(f"  {b}.gz" for b in bases)
+    mirrors = _MIRRORS[sub]
+    source = f"Get them from {mirrors[0]}" + (f" (or {', '.join(mirrors[1:])})" if len(mirrors) > 1 else "")
+    if sub == "fashion-mnist":
+        source += "; Debian's dataset-fashion-mnist package also installs them in /usr/share/datasets/fashion-mnist/"
+    return (
+        f"Put these files in {folder}{os.sep} (gzip-compressed or not, under these names):\n{files}\n"
+        f"{source}.\n"
+        f"Or set LSGM_DATA_DIR (or pass data_dir) to a folder whose {sub}{os.sep} subfolder holds them."
+    )
+
+
+def _fetch_verified(sub: str, base: str, unreachable: set[str]) -> bytes:
+    """The gzip file from the first mirror that serves it with the right MD5; DataError listing every failure.
+
+    Mirrors that could not be reached are added to ``unreachable`` and not tried again, so that
+    a machine without network waits for one timeout per mirror, not one per file.
+    """
+    failures = []
+    for mirror in _MIRRORS[sub]:
+        url = f"{mirror}{base}.gz"
+        if mirror in unreachable:
+            failures.append(f"{url}: not tried, the server was unreachable")
+            continue
+        try:
+            with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as e:  # the server answered; other files may still be there
+            failures.append(f"{url}: {e}")
+            continue
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            unreachable.add(mirror)
+            failures.append(f"{url}: {e}")
+            continue
+        try:
+            md5 = hashlib.md5(gzip.decompress(payload)).hexdigest()
+        except (OSError, EOFError, zlib.error) as e:
+            failures.append(f"{url}: not a valid gzip file ({e})")
+            continue
+        if md5 != _MD5[sub][base]:
+            failures.append(f"{url}: checksum mismatch (MD5 of the data {md5}, expected {_MD5[sub][base]})")
+            continue
+        return payload
+    raise DataError("; ".join(failures))
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    # A temp file in the same folder, then os.replace: readers never see a half-written file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def download_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Download the official files of ``name`` that are missing from its folder; return the folder.
+
+    Files already there are left alone. Each download is checked against the MD5 of the
+    decompressed data and written atomically. Without network, or on a checksum mismatch,
+    raises ``DataError`` saying which files to put in which folder and where to get them.
+    """
+    sub = _subdir(name)
+    folder = resolve_data_dir(data_dir) / sub
+    missing = [base for base in _MD5[sub] if _find_file(folder, base) is None]
+    if not missing:
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"Cannot create the data folder {folder} ({e.strerror or e}). "
+            "Set LSGM_DATA_DIR (or pass data_dir) to a folder you can write to."
+        ) from e
+    failures, unreachable = {}, set()
+    for base in missing:
+        try:
+            payload = _fetch_verified(sub, base, unreachable)
+            _write_atomically(folder / f"{base}.gz", payload)
+        except DataError as e:
+            failures[base] = str(e)
+        except OSError as e:
+            failures[base] = f"cannot write {folder / base}.gz ({e.strerror or e})"
+    if failures:
+        report = "\n".join(f"  {base}.gz: {why}" for base, why in failures.items())
+        raise DataError(
+            f"{_TITLE[sub]} is not in {folder} and could not be downloaded:\n{report}\n"
+            + _howto(sub, folder, list(failures))
+        )
+    return folder
+
+
+def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Check every known file in the data folder against its MD5 (slow: decompresses everything).
+
+    Returns ``{"mnist/train-images-idx3-ubyte": status, ...}`` with status ``"ok"``,
+    ``"missing"``, or what is wrong with the file.
+    """
+    root = resolve_data_dir(data_dir)
+    report = {}
+    for sub, sums in _MD5.items():
+        for base, expected in sums.items():
+            path = _find_file(root / sub, base)
+            if path is None:
+                status = "missing"
+            else:
+                try:
+                    md5 = hashlib.md5(_decompressed_bytes(path)).hexdigest()
+                    status = "ok" if md5 == expected else f"{path.name}: MD5 {md5}, expected {expected}; replace it with the official file"
+                except DataError as e:
+                    status = str(e)
+            report[f"{sub}/{base}"] = status
+    return report
+
+
+# ----------------------------------------------------------------------------- folders of images
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Mode "L" or "RGB"; transparency composited on white, 16-bit data scaled (not clipped) to 8 bits."""
+    if im.mode.startswith("I"):
+        # "I;16*" and "I" (16-bit data); PIL's convert("L") would clip everything above 255 to white.
+        values = np.clip(np.asarray(im, dtype=np.float64), 0, 65535)
+        return Image.fromarray(np.round(values * (255 / 65535)).astype(np.uint8))
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("L" if im.mode in _GREY_MODES else "RGB")
+
+
+def _read_image(path: Path, size: int) -> tuple[Image.Image, bool]:
+    """The image center-cropped to a square and resized to ``size``, and whether it is grey.
+
+    Raises DataError with the reason alone (the caller adds the file name).
+    """
+    try:
+        with warnings.catch_warnings():
+            # Our own, lower limit is enforced below; PIL's warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DataError(
+                        f"{w}x{h} pixels is over the {MAX_IMAGE_PIXELS / 1e6:g}-megapixel limit "
+                        "(refused as a possible decompression bomb); shrink it first"
+                    )
+                im.draft(None, (size, size))  # JPEG: decode at a reduced scale, much faster for photos
+                im.load()
+                grey = im.mode in _GREY_MODES
+                flat = _to_8bit(ImageOps.exif_transpose(im))
+    except DataError:
+        raise
+    except UnidentifiedImageError:
+        raise DataError("not an image (Pillow cannot identify its format)") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"too large, refused as a possible decompression bomb ({e})") from None
+    except Exception as e:
+        # Pillow's decoders raise many exception types on damaged files (OSError, SyntaxError,
+        # ValueError, struct.error...); each is reported for its file rather than aborting the scan.
+        raise DataError(f"damaged or unreadable image ({type(e).__name__}: {e})") from None
+    w, h = flat.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    # Crop first: resize(box=...) would let the filter reach pixels outside the square.
+    square = flat.crop((left, top, left + side, top + side))
+    return square.resize((size, size), Image.Resampling.LANCZOS), grey
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        hidden = any(part.startswith(".") for part in rel.parts)
+        if not hidden and path.name.lower() not in _OS_JUNK and path.is_file():
+            files.append(path)
+    return sorted(files)
+
+
+def _load_folder(spec: str, image_size: int, channels: int | None) -> ImageDataset:
+    if not spec:
+        raise DataError("'folder:' needs a path, e.g. 'folder:/home/me/pictures'.")
+    folder = Path(spec).expanduser().absolute()
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 (grey), 3 (RGB) or None (pick from the images), got {channels!r}.")
+    if not isinstance(image_size, int) or image_size < 1:
+        raise DataError(f"image_size must be a positive integer, got {image_size!r}.")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder. Give the folder that holds your images, e.g. 'folder:/home/me/pictures'.")
+    files = _image_files(folder)
+    if not files:
+        raise DataError(f"{folder} holds no files. Put your images in it (PNG, JPEG, BMP, GIF, WebP, TIFF...).")
+
+    def build() -> torch.Tensor:
+        decoded, grey, bad = [], [], []
+        for path in files:
+            try:
+                im, is_grey = _read_image(path, image_size)
+            except DataError as e:
+                bad.append(f"  {path.relative_to(folder)}: {e}")
+                continue
+            decoded.append(im)
+            grey.append(is_grey)
+        if bad:
+            raise DataError(
+                f"{len(bad)} of {len(files)} files in {folder} cannot be used as images:\n" + "\n".join(bad) + "\n"
+                "The folder must hold only images (PNG, JPEG, BMP, GIF, WebP, TIFF...): fix, convert or remove these files."
+            )
+        c = channels or (1 if all(grey) else 3)
+        pixels = np.stack([np.asarray(im.convert("L" if c == 1 else "RGB")) for im in decoded])
+        pixels = pixels[:, None] if c == 1 else pixels.transpose(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(pixels))
+
+    stamp = tuple((str(p), *_file_stamp(p)) for p in files)
+    images = _cached(("folder", str(folder), image_size, channels), stamp, build)
+    return ImageDataset(images, name=f"folder:{folder}", kind="grey" if images.shape[1] == 1 else "colour")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    image_size: int = 32,
+    channels: int | None = None,
+) -> ImageDataset:
+    """Load a data set into memory.
+
+    ``name`` is one of ``DATASETS`` or ``"folder:/path/to/images"``.
+
+    - ``"mnist"``, ``"fashion-mnist"``: grey 28x28 images zero-padded to ``image_size``
+      (32: ``crop`` = 2), labels 0..9. ``"binarized-mnist"``: MNIST, binarised afresh at
+      every read. Files are read from ``<data_dir>/<mnist|fashion-mnist>/``; missing ones are
+      downloaded if ``download``, else (or if that fails) a ``DataError`` says what to put where.
+      ``channels`` must be None or 1.
+    - ``"folder:<path>"``: every file under the folder, recursively (hidden files and folders
+      skipped); each must be an image that Pillow reads (the first frame of animations),
+      else a ``DataError`` lists every bad file. Images are center-cropped to a square and
+      resized to ``image_size``; transparency is composited on white. ``channels`` 1 gives
+      grey, 3 RGB, None picks 1 if every image is grey, else 3. Labels are -1. A folder has no
+      split: ``"train"`` and ``"test"`` both give all its images.
+    """
+    if split not in _SPLIT_FILES:
+        raise DataError(f"split must be 'train' or 'test', got {split!r}.")
+    if name.startswith("folder:"):
+        return _load_folder(name[len("folder:"):], image_size, channels)
+    sub = _subdir(name)
+    if channels not in (None, 1):
+        raise DataError(f"{name} is grey (1 channel); channels={channels} is not available for it.")
+    folder = resolve_data_dir(data_dir) / sub
+    bases = _SPLIT_FILES[split]
+    paths = [_find_file(folder, base) for base in bases]
+    if None in paths:
+        if not download:
+            missing = [base for base, path in zip(bases, paths) if path is None]
+            raise DataError(f"{_TITLE[sub]} ({split}) is not in {folder} and download=False.\n" + _howto(sub, folder, missing))
+        download_dataset(name, data_dir)
+        paths = [_find_file(folder, base) for base in bases]
+    images, labels, pad = _load_idx_split(paths[0], paths[1], image_size)
+    binarize = name == "binarized-mnist"
+    return ImageDataset(
+        images,
+        labels,
+        name=name,
+        kind="binary" if binarize else "grey",
+        binarize=binarize,
+        num_classes=10,
+        crop=pad,
+    )

@@ -1,0 +1,211 @@
+"""Checkpoints: safetensors for tensors, JSON for config and metrics; nothing is ever unpickled.
+
+A checkpoint is a folder:
+    config.json          the resolved run configuration
+    model.safetensors    all weights of the model
+    ema.safetensors      exponential moving average of the prior's weights (stage 2)
+    train.safetensors    optimiser moments and RNG states, to resume training (optional)
+    meta.json            step, metrics, optimiser hyper-parameters, SHA-256 of every file; written last
+
+A training run folder holds checkpoints/step-XXXXXXXX/ folders and a `latest` file naming the
+newest complete one; both the folder and the pointer are replaced atomically, so a run killed at
+any moment leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "lsgm-checkpoint"
+VERSION = 1
+PARTS = ("model", "ema", "train")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, damaged, or does not fit the model."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | Path, config: dict, tensors: dict[str, dict[str, torch.Tensor]],
+                    meta: dict | None = None) -> Path:
+    """Write a checkpoint folder atomically: built beside `path`, then renamed into place.
+
+    `tensors` maps a part name (model, ema, train) to a flat dict of tensors.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        files = {}
+        for part, state in tensors.items():
+            if part not in PARTS:
+                raise ValueError(f"unknown checkpoint part {part!r}; parts are {PARTS}")
+            name = f"{part}.safetensors"
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / name))
+            files[name] = _sha256(tmp / name)
+        _write_json(tmp / "config.json", config)
+        files["config.json"] = _sha256(tmp / "config.json")
+        _write_json(tmp / "meta.json", {**(meta or {}), "format": FORMAT, "version": VERSION, "files": files})
+        _fsync_dir(tmp)
+        if path.exists():
+            # swap: the old folder is moved aside first, so `path` always names a whole checkpoint
+            # or (for an instant) nothing; resolve_checkpoint falls back to the aside copy
+            aside = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(path, aside)
+            os.rename(tmp, path)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def save_run_checkpoint(run_dir: str | Path, step: int, config: dict,
+                        tensors: dict[str, dict[str, torch.Tensor]], meta: dict, keep: int = 2) -> Path:
+    """Save checkpoints/step-N in a run folder, point `latest` at it, prune older ones."""
+    run_dir = Path(run_dir)
+    name = f"step-{step:08d}"
+    path = save_checkpoint(run_dir / "checkpoints" / name, config, tensors, {**meta, "step": step})
+    tmp = run_dir / f".latest.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, run_dir / "latest")
+    old = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if p.name != name)
+    for p in old[:max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (whose `latest` is followed)."""
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return path
+    if (path / "latest").is_file():
+        name = (path / "latest").read_text().strip()
+        target = path / "checkpoints" / name
+        if not (target / "meta.json").is_file():
+            raise CheckpointError(f"run folder {path}: `latest` names {name}, which is missing or incomplete "
+                                  f"under {path / 'checkpoints'}")
+        return target
+    for aside in sorted(path.parent.glob(f".{path.name}.old-*")):
+        if (aside / "meta.json").is_file():
+            return aside  # a save was interrupted between its two renames
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    raise CheckpointError(f"{path} is not a checkpoint: it has neither meta.json (a checkpoint folder) "
+                          "nor `latest` (a training run folder)")
+
+
+def read_checkpoint(path: str | Path, parts=("model", "ema")) -> tuple[dict, dict, dict[str, dict]]:
+    """(config, meta, {part: tensors}) of a checkpoint, every file checked against its SHA-256."""
+    path = resolve_checkpoint(path)
+    meta = _read_json(path / "meta.json")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path / 'meta.json'}: not an {FORMAT} file (format={meta.get('format')!r})")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {meta['version']} is newer than this "
+                              f"lsgm_core understands ({VERSION}); upgrade lsgm_core")
+    files = meta.get("files", {})
+    for name, digest in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: file missing from the checkpoint")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{f}: damaged (SHA-256 does not match meta.json); "
+                                  "the file was truncated or modified — use another checkpoint")
+    config = _read_json(path / "config.json")
+    tensors = {}
+    for part in parts:
+        name = f"{part}.safetensors"
+        if name not in files:
+            continue
+        try:
+            tensors[part] = load_file(str(path / name))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path / name}: not a readable safetensors file ({e})") from None
+    meta["path"] = str(path)
+    return config, meta, tensors
+
+
+def _read_json(f: Path) -> dict:
+    try:
+        obj = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{f}: file missing from the checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{f}: expected a JSON object")
+    return obj
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict with an error that names the file and the mismatched keys or shapes."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(filter(None, [
+            f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})" if missing else "",
+            f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
+            f"shape mismatch: {'; '.join(shapes[:3])}" if shapes else ""]))
+        raise CheckpointError(f"{source}: weights do not fit this model architecture ({detail}); "
+                              "check that config.json matches the weights")
+    module.load_state_dict(state)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
+    """Build the model of a checkpoint and load its weights (the prior's EMA weights by default).
+
+    Returns the model in eval mode; `model.meta` holds the checkpoint's step and metrics.
+    """
+    from .model import build_model
+
+    config, meta, tensors = read_checkpoint(path)
+    if "model" not in tensors:
+        raise CheckpointError(f"{meta['path']}: has no model.safetensors")
+    try:
+        model = build_model(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{meta['path']}/config.json: cannot build a model from it ({e})") from None
+    load_state(model, tensors["model"], f"{meta['path']}/model.safetensors")
+    if use_ema and "ema" in tensors:
+        load_state(model.prior, tensors["ema"], f"{meta['path']}/ema.safetensors")
+    model.meta = meta
+    return model.to(device).eval()

@@ -16,3 +16,36 @@ def data_dir() -> Path:
     if not (path / "mnist").is_dir():
         pytest.skip(f"real data not found in {path}; set LSGM_TEST_DATA_DIR to a folder with mnist/ and fashion-mnist/")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_temp_dirs(tmp_path_factory):
+    """Keep every temporary file of the run (Gradio uploads, inductor caches) in pytest's folder."""
+    base = tmp_path_factory.mktemp("env")
+    for var in ("GRADIO_TEMP_DIR", "TORCHINDUCTOR_CACHE_DIR"):
+        os.environ.setdefault(var, str(base / var.lower()))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def _train(config: dict, out: Path, data_dir: Path) -> Path:
+    from lsgm_core.config import load_config
+    from lsgm_core.train import Trainer
+
+    trainer = Trainer(load_config(Path(__file__).parents[1] / "configs" / "smoke.toml", config),
+                      out, data_dir, device="cpu", show_progress=False)
+    return Path(trainer.train()["checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """A tiny stage-1 VAE and the stage-2 LSGM trained from it on binarized MNIST (seconds, CPU).
+
+    Good enough to exercise every code path; not a model worth looking at.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny")
+    s1 = _train({"train": {"max_steps": 60}}, root / "stage1", data_dir)
+    s2 = _train({"train": {"stage": 2, "init_from": str(s1), "max_steps": 40}}, root / "stage2", data_dir)
+    return {"stage1": s1, "stage2": s2}

@@ -39,6 +39,7 @@ __all__ = [
     "download_dataset",
     "load_dataset",
     "read_idx",
+    "read_image",
     "resolve_data_dir",
     "verify_data_dir",
 ]
@@ -467,6 +468,12 @@ def _read_image(path: Path, size: int) -> tuple[Image.Image, bool]:
     # Crop first: resize(box=...) would let the filter reach pixels outside the square.
     square = flat.crop((left, top, left + side, top + side))
     return square.resize((size, size), Image.Resampling.LANCZOS), grey
+
+
+def read_image(path: str | os.PathLike, size: int) -> tuple[Image.Image, bool]:
+    """One image file read as folder data sets read it (8-bit "L" or "RGB", center-cropped square,
+    resized to ``size``) and whether it was grey; a ``DataError`` says why a file is refused."""
+    return _read_image(Path(path), size)
 
 
 def _image_files(folder: Path) -> list[Path]:

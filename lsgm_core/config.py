@@ -36,6 +36,7 @@ DEFAULTS: dict = {
         "max_steps": 10000,
         "lr_vae": 1e-3,
         "lr_prior": 3e-4,
+        "lr_mixing_logit": 1e-2,      # the per-channel mixing logits move from their init in few steps
         "lr_min_frac": 0.1,           # cosine decay of the VAE's learning rate down to this fraction
         "warmup_steps": 100,
         "kl_start": 0.1,              # KL coefficient rises from kl_start to 1 over kl_warmup_frac

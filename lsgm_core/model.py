@@ -12,9 +12,7 @@ from torch import nn
 
 from .likelihoods import make_likelihood
 from .nets import Decoder, Encoder
-from .prior import ScorePrior
-
-LOG_2PI = math.log(2.0 * math.pi)
+from .prior import LOG_2PI, ScorePrior
 
 
 class LSGM(nn.Module):
@@ -88,8 +86,8 @@ class LSGM(nn.Module):
             o = self.objective
             shared = o["prior_weighting"] == "likelihood" and o["prior_sampler"] == o["vae_sampler"]
             neg_entropy = -log_sigma.flatten(1).sum(1) - 0.5 * z0[0].numel() * (1.0 + LOG_2PI)
-            ce = self.prior.score_matching_terms(z0, o["vae_sampler"], "likelihood",
-                                                 detach_params=not shared) + self.prior.ce_constant()
+            ce = (self.prior.score_matching_terms(z0, o["vae_sampler"], "likelihood", detach_params=not shared)
+                  + self.prior.ce_constant() + self.prior.gaussian_ce(mu, log_sigma))
             kl = neg_entropy + ce
             loss = recon + kl_coeff * kl
             if not shared:

@@ -10,6 +10,8 @@ from torch.func import functional_call
 from .nets import UNet
 from .sde import make_sde
 
+LOG_2PI = math.log(2.0 * math.pi)
+
 
 class ScorePrior(nn.Module):
     """An SGM over tensors of shape [C, R, R].
@@ -71,13 +73,15 @@ class ScorePrior(nn.Module):
         """Per-sample w(t) ||eps - eps_hat||^2 / r(t), for one t and eps drawn per sample.
 
         With weighting="likelihood", its mean over t plus `ce_constant` estimates the
-        cross-entropy CE(q(z0) || p(z0)) in nats.
+        cross-entropy CE(q(z0) || p(z0)) in nats of the active channels. Inactive channels are
+        left out: their prior is exactly N(0, I), whose cross-entropy `gaussian_ce` gives in closed
+        form, without the chi-square noise of ||eps||^2 that would swamp the estimate.
         """
         t, inv_density = self.sde.sample_time(z0.shape[0], sampler, device=z0.device)
         eps = torch.randn_like(z0)
         zt = self.sde.perturb(z0, t, eps)
         eps_hat = self.eps(zt, t, detach_params=detach_params)
-        sq = (eps - eps_hat).float().pow(2).flatten(1).sum(1)
+        sq = ((eps - eps_hat).float().pow(2) * self._active_mask()).flatten(1).sum(1)
         weights = {"likelihood": lambda: 0.5 * self.sde.ll_weight(t),
                    "reweighted": lambda: 0.5 * self.sde.g2(t),
                    "unweighted": lambda: torch.ones_like(t)}
@@ -85,8 +89,19 @@ class ScorePrior(nn.Module):
             raise ValueError(f"unknown prior weighting {weighting!r}; choose one of {', '.join(weights)}")
         return weights[weighting]() * inv_density * sq
 
+    def _active_mask(self) -> torch.Tensor | float:
+        return self.active.view(1, -1, 1, 1) if self.mixed else 1.0
+
+    def gaussian_ce(self, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+        """Per-sample CE(N(mu, sigma^2) || N(0, I)) over the inactive channels, in closed form."""
+        if not self.mixed:
+            return torch.zeros(mu.shape[0], device=mu.device)
+        per = 0.5 * (LOG_2PI + mu.float().pow(2) + (2 * log_sigma.float()).exp())
+        return (per * (1.0 - self.active.view(1, -1, 1, 1))).flatten(1).sum(1)
+
     def ce_constant(self) -> float:
-        """D/2 (1 + log(2 pi sigma^2(t_eps))): the part of the cross-entropy that does not depend on t."""
-        d = math.prod(self.shape)
+        """D/2 (1 + log(2 pi sigma^2(t_eps))) over the D active dimensions: the part of the
+        cross-entropy that does not depend on t."""
+        d = math.prod(self.shape[1:]) * (int(self.active.sum().item()) if self.mixed else self.shape[0])
         v = self.sde.var(torch.tensor(self.sde.t_eps, dtype=torch.float64)).item()
         return 0.5 * d * (1.0 + math.log(2.0 * math.pi * v))

@@ -155,9 +155,15 @@ class Trainer:
             p.requires_grad_(trains_prior)
         self.optimizers = {}
         if trains_vae:
-            self.optimizers["vae"] = torch.optim.Adam(self.model.vae_parameters(), lr=t["lr_vae"])
+            self.optimizers["vae"] = torch.optim.Adam(
+                [{"params": self.model.vae_parameters(), "base_lr": t["lr_vae"], "schedule": "cosine"}])
         if trains_prior:
-            self.optimizers["prior"] = torch.optim.Adam(self.model.prior.parameters(), lr=t["lr_prior"])
+            net = [p for n, p in self.model.prior.named_parameters() if n != "mixing_logit"]
+            groups = [{"params": net, "base_lr": t["lr_prior"], "schedule": "constant"}]
+            if self.model.prior.mixed:
+                groups.append({"params": [self.model.prior.mixing_logit], "base_lr": t["lr_mixing_logit"],
+                               "schedule": "constant"})
+            self.optimizers["prior"] = torch.optim.Adam(groups)
         self.ema = ({k: v.detach().clone() for k, v in self.model.prior.state_dict().items()}
                     if trains_prior else None)
         if len(self.dataset) < t["batch_size"]:
@@ -232,10 +238,11 @@ class Trainer:
         ramp = max(1, int(t["kl_warmup_frac"] * t["max_steps"]))
         return min(1.0, t["kl_start"] + (1.0 - t["kl_start"]) * step / ramp)
 
-    def lr_factor(self, step: int, name: str) -> float:
+    def lr_factor(self, step: int, schedule: str) -> float:
+        """Linear warm-up, then constant (the prior) or cosine decay to lr_min_frac (the VAE)."""
         t = self.cfg["train"]
         warm = min(1.0, (step + 1) / max(1, t["warmup_steps"]))
-        if name == "prior":
+        if schedule == "constant":
             return warm
         progress = min(1.0, step / max(1, t["max_steps"]))
         return warm * (t["lr_min_frac"] + (1 - t["lr_min_frac"]) * 0.5 * (1 + math.cos(math.pi * progress)))
@@ -269,9 +276,9 @@ class Trainer:
         x = self._batch(self.step)
         torch.manual_seed(self._step_seed(self.step))
         kl = self.kl_coeff(self.step)
-        for name, opt in self.optimizers.items():
+        for opt in self.optimizers.values():
             for group in opt.param_groups:
-                group["lr"] = t[f"lr_{name}"] * self.lr_factor(self.step, name)
+                group["lr"] = group["base_lr"] * self.lr_factor(self.step, group["schedule"])
             opt.zero_grad(set_to_none=True)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                     else contextlib.nullcontext())

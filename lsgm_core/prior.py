@@ -18,6 +18,7 @@ class ScorePrior(nn.Module):
 
     With `mixed`, eps_hat(z_t, t) = (1 - alpha) sigma_t z_t + alpha eps_theta(z_t, t) with one
     learnable alpha = sigmoid(logit) per channel: at alpha = 0 the prior is exactly N(0, I).
+    eps_theta is parameterised as sigma_t z_t plus the U-Net's output.
     Channels marked inactive keep alpha = 0 whatever the logits or an override say.
     """
 
@@ -58,8 +59,10 @@ class ScorePrior(nn.Module):
         gaussian = sigma * zt
         if not bool((a > 0).any()):
             return gaussian  # pure N(0, I): no network evaluation needed
-        a = a.view(1, -1, 1, 1)
-        return (1.0 - a) * gaussian + a * self.net(zt, t)
+        # eps_theta = sigma_t z_t + net(z_t, t): the U-Net learns the residual from the Gaussian's
+        # noise prediction, so a zero-initialised net is exactly N(0, I) at any alpha, and
+        # (1 - alpha) sigma z + alpha eps_theta reduces to sigma z + alpha net
+        return gaussian + a.view(1, -1, 1, 1) * self.net(zt, t)
 
     def forward(self, zt, t, alpha=None):
         return self.eps(zt, t, alpha)

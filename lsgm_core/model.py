@@ -86,8 +86,7 @@ class LSGM(nn.Module):
             o = self.objective
             shared = o["prior_weighting"] == "likelihood" and o["prior_sampler"] == o["vae_sampler"]
             neg_entropy = -log_sigma.flatten(1).sum(1) - 0.5 * z0[0].numel() * (1.0 + LOG_2PI)
-            ce = (self.prior.score_matching_terms(z0, o["vae_sampler"], "likelihood", detach_params=not shared)
-                  + self.prior.ce_constant() + self.prior.gaussian_ce(mu, log_sigma))
+            ce = self.prior.cross_entropy(mu, log_sigma, z0, o["vae_sampler"], detach_params=not shared)
             kl = neg_entropy + ce
             loss = recon + kl_coeff * kl
             if not shared:

@@ -1,0 +1,111 @@
+"""Benchmark of the app as a user meets it; prints one JSON object.
+
+    python -m app.bench [--checkpoint PATH] [--clicks N] [--map-points N] [--device D]
+
+- cold start: from launching `python -m app` to the first page served (and the CPU seconds the
+  server spent until then, which do not depend on what else runs on the machine);
+- a Sample click at the tab's default settings, through the API, after one warm-up click;
+- a Latent map of --map-points test images after a small warm-up map (UMAP compiled).
+Goals on a laptop CPU (issue 4): ready in under 10 s, a default sample in under 1 s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from .paths import CHECKPOINTS, ROOT
+
+
+def add_app_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="model to serve (default: the app's default from checkpoints/)")
+    p.add_argument("--clicks", type=int, default=5, help="timed default Sample clicks (default 5)")
+    p.add_argument("--map-points", type=int, default=5000, help="points of the timed latent map (default 5000)")
+    p.add_argument("--device", default="cpu", help="device of the server (default cpu)")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def bench_app(args) -> dict:
+    """Cold start, default Sample click and Latent map timings of `python -m app`."""
+    from gradio_client import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "app", "--no-browser", "--port", str(port), "--device", args.device]
+    if args.checkpoint:
+        cmd += ["--checkpoint", args.checkpoint]
+    url = f"http://127.0.0.1:{port}/"
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": tmp,
+               "PYTHONPATH": str(ROOT)}
+        start = time.perf_counter()
+        server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            while True:
+                if server.poll() is not None:
+                    raise ValueError(f"the app exited: {server.stderr.read().decode()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as r:
+                        if r.status == 200 and r.read():
+                            break
+                except OSError:
+                    time.sleep(0.05)
+            cold = time.perf_counter() - start
+            cold_cpu = _cpu_seconds(server.pid)
+            client = Client(url, verbose=False)
+            model = client.predict(api_name="/models")["default"]
+            if model is None:
+                raise ValueError(f"no model to serve: put one in {CHECKPOINTS} or pass --checkpoint")
+            defaults = (model, 16, 0, 1.0, "fast", -5, -5, 20, False, 1.0)  # the Sample tab as it opens
+            client.predict(*defaults, api_name="/sample")
+            clicks, reported = [], []
+            for _ in range(args.clicks):
+                t = time.perf_counter()
+                stats = client.predict(*defaults, api_name="/sample")[2]
+                clicks.append(time.perf_counter() - t)
+                reported.append(float(stats.split("**")[-2].split()[0]))  # "**0.41 s**": the solver's own time
+            client.predict(model, "mnist", 200, 10, 0, api_name="/latent_map")  # compiles UMAP if not yet done
+            t = time.perf_counter()
+            client.predict(model, "mnist", args.map_points, 200, 1, api_name="/latent_map")
+            latent = time.perf_counter() - t
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    return {"model": model, "cold_start_to_first_page_s": round(cold, 2), "cold_start_server_cpu_s": round(cold_cpu, 2),
+            "sample_click_default_s": round(statistics.median(clicks), 3),
+            "sample_click_solver_s": round(statistics.median(reported), 3), "sample_clicks": args.clicks,
+            f"latent_map_{args.map_points}_points_s": round(latent, 2), "cpu_count": os.cpu_count()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m app.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_app_args(ap)
+    args = ap.parse_args(argv)
+    try:
+        print(json.dumps(bench_app(args)), flush=True)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Images in and out: upload checks and conversion to the model's input, grids, GIFs, output files."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lsgm_core.data import MAX_IMAGE_PIXELS, DataError, read_image
+
+MAX_UPLOAD_MB = 10
+UPLOAD_RULES = (f"PNG, JPEG, BMP, GIF, WebP or TIFF, up to {MAX_UPLOAD_MB} MB and "
+                f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels")
+_MODE_NOTES = {
+    "RGBA": "transparency composited on white", "LA": "transparency composited on white",
+    "PA": "transparency composited on white", "P": "palette image converted",
+    "I;16": "16-bit image scaled to 8 bits", "I;16B": "16-bit image scaled to 8 bits",
+    "I;16L": "16-bit image scaled to 8 bits", "I": "32-bit image scaled to 8 bits",
+    "CMYK": "CMYK converted to RGB", "1": "1-bit image converted",
+}
+
+
+class UploadError(ValueError):
+    """An upload the app cannot use; the message says why and what is accepted."""
+
+
+def model_input(path: str | os.PathLike, model) -> tuple[torch.Tensor, list[str]]:
+    """An uploaded file as the model's input [1, C, S, S] in [0, 1], and notes on what was converted.
+
+    The image is center-cropped and resized to the data's own size (28 for MNIST), padded by the
+    model's crop to S (32), converted to grey or RGB as the model wants, and inverted when its
+    background is light while the model was trained on light-on-dark images.
+    """
+    path = Path(path)
+    name = path.name
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise UploadError(f"{name}: the upload is missing; upload it again") from None
+    if size > MAX_UPLOAD_MB * 2**20:
+        raise UploadError(f"{name}: {size / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB limit; shrink it first")
+    inner = model.image_size - 2 * model.crop
+    try:
+        im, grey = read_image(path, inner)
+    except DataError as e:
+        raise UploadError(f"{name}: {e}. Accepted: {UPLOAD_RULES}.") from None
+    notes = []
+    with Image.open(path) as header:  # already known to be a readable image
+        mode, (w, h) = header.mode, header.size
+        if mode in _MODE_NOTES or "transparency" in header.info:
+            notes.append(f"{mode} {_MODE_NOTES.get(mode, 'transparency composited on white')}")
+    if (w, h) != (inner, inner):
+        notes.append(f"{w}x{h} center-cropped and resized to {inner}x{inner}")
+    if model.in_channels == 1 and not grey:
+        notes.append("colour converted to grey")
+    x = np.asarray(im.convert("L" if model.in_channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+    border = np.concatenate([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=None)
+    if model.in_channels == 1 and border.mean() > 0.5:
+        # MNIST-style data is white on black: a dark digit on paper would be out of distribution
+        x = 1.0 - x
+        notes.append("light background inverted to white-on-black, like the training data")
+    x = np.pad(x, ((0, 0), (model.crop,) * 2, (model.crop,) * 2))
+    return torch.from_numpy(np.ascontiguousarray(x))[None], notes
+
+
+def to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
+    """One image [C, H, W] in [0, 1] as a PIL image, enlarged `scale` times without smoothing."""
+    a = (image.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    im = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
+    return im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) if scale > 1 else im
+
+
+def display_scale(height: int, target: int = 84) -> int:
+    """How many times to enlarge tiles of `height` pixels so they show at about `target` pixels."""
+    return max(1, math.ceil(target / height))
+
+
+def grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> Image.Image:
+    """Images [N, C, H, W] in [0, 1] tiled row by row on a grey background, enlarged for display."""
+    n, c, h, w = images.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    canvas = torch.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), 0.5)
+    for i, im in enumerate(images.detach().cpu()):
+        r, k = divmod(i, ncol)
+        top, left = pad + r * (h + pad), pad + k * (w + pad)
+        canvas[:, top:top + h, left:left + w] = im
+    return to_pil(canvas, display_scale(h))
+
+
+class Outputs:
+    """The app's own folder for files it serves (PNG, GIF, CSV); files older than max_age_s go.
+
+    Named with random ids, so one user cannot guess another's file.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, max_age_s: float = 3600):
+        self.dir = Path(tempfile.mkdtemp(prefix="lsgm-app-", dir=root))
+        self.max_age_s = max_age_s
+
+    def path(self, stem: str, suffix: str) -> Path:
+        cutoff = time.time() - self.max_age_s
+        for old in self.dir.iterdir():
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except FileNotFoundError:
+                pass  # another request pruned it first
+        return self.dir / f"{stem}-{uuid.uuid4().hex[:12]}{suffix}"
+
+    def png(self, image: Image.Image, stem: str) -> str:
+        path = self.path(stem, ".png")
+        image.save(path)
+        return str(path)
+
+    def gif(self, frames: list[Image.Image], stem: str, ms_per_frame: int = 250) -> str:
+        """An animated GIF that loops, holding the last frame a little longer."""
+        path = self.path(stem, ".gif")
+        durations = [ms_per_frame] * (len(frames) - 1) + [ms_per_frame * 4]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+        return str(path)
+
+    def text(self, content: str, stem: str, suffix: str) -> str:
+        path = self.path(stem, suffix)
+        path.write_text(content)
+        return str(path)

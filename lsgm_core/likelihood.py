@@ -14,9 +14,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torchdiffeq import odeint
 
-from .solvers import ODE_EPS, _Field
+from .solvers import ODE_EPS, _Field, integrate
 
 LOG_2PI = math.log(2.0 * math.pi)
 PROBES = ("rademacher", "gaussian")
@@ -59,8 +58,7 @@ def log_prob_ode(prior, z0: torch.Tensor, *, atol: float = 1e-5, rtol: float = 1
         return f.detach(), div.detach() / num_probes
 
     state = (z0.detach().float(), torch.zeros(z0.shape[0], dtype=torch.float32, device=z0.device))
-    t = torch.tensor([ODE_EPS, 1.0], dtype=torch.float64, device=z0.device)
-    z1, delta = (s[-1] for s in odeint(augmented, state, t, rtol=rtol, atol=atol, method="dopri5"))
+    z1, delta = (s[-1] for s in integrate(augmented, state, [ODE_EPS, 1.0], atol=atol, rtol=rtol))
     z1 = z1.double().flatten(1)
     log_n = -0.5 * z1.pow(2).sum(1) - 0.5 * z1.shape[1] * LOG_2PI
     return log_n + delta.double(), field.nfe

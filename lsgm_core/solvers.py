@@ -38,6 +38,7 @@ from torchdiffeq import odeint
 
 ODE_EPS = 1e-5
 SOLVERS = ("ode", "sde", "fast")
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's, for ode_solve
 DEFAULT_STEPS = {"sde": 1000, "fast": 20}
 # the fast solver's multistep order (its first steps use the history they have). Third order against
 # second, 20 steps, max |z0 - z0_exact|: Gaussian data 7e-4..7e-3 relative against 1e-2..4e-2; the tiny
@@ -126,6 +127,17 @@ def _record_grid(record_times: int | Sequence[float], t_start: float, t_end: flo
     return sorted(set(times), reverse=t_start > t_end)
 
 
+def integrate(func, y0, times: Sequence[float], *, atol: float, rtol: float, method: str = "dopri5"):
+    """torchdiffeq's odeint through `times` (monotone; y0 at the first), every step clipped at the last:
+    a step past it would evaluate the SDE outside [0, 1] (geometric VPSDE: sigma^2 > 1 beyond t = 1;
+    VPSDE: negative variance below t = 0), where its coefficients are NaN."""
+    if method not in ADAPTIVE_METHODS:
+        raise ValueError(f"unknown ODE method {method!r}; choose one of {', '.join(ADAPTIVE_METHODS)}")
+    device = (y0[0] if isinstance(y0, tuple) else y0).device
+    t = torch.tensor(list(times), dtype=torch.float64, device=device)
+    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options={"step_t": t[-1:]})
+
+
 def ode_solve(prior, z: torch.Tensor, t_start: float, t_end: float, *, atol: float = 1e-5, rtol: float = 1e-5,
               alpha=None, record_times: int | Sequence[float] | None = None, method: str = "dopri5",
               callback: Callable[[dict], None] | None = None) -> tuple[torch.Tensor, int, Trajectory | None]:
@@ -144,9 +156,8 @@ def ode_solve(prior, z: torch.Tensor, t_start: float, t_end: float, *, atol: flo
     field = _Field(prior, alpha, report)
     record = _record_grid(record_times, t_start, t_end) if record_times is not None else []
     times = sorted({t_start, t_end, *record}, reverse=t_start > t_end)
-    t = torch.tensor(times, dtype=torch.float64, device=z.device)
     with torch.no_grad():
-        path = odeint(field, z, t, rtol=rtol, atol=atol, method=method)
+        path = integrate(field, z, times, atol=atol, rtol=rtol, method=method)
     traj = None
     if record:
         idx = [times.index(r) for r in record]

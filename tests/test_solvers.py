@@ -1,0 +1,191 @@
+"""Samplers: closed-form checks on Gaussian priors, then the tiny trained LSGM."""
+import math
+
+import pytest
+import torch
+from solver_stubs import SDES, GaussianPrior, Wrap, random_prior
+
+from lsgm_core.sde import GeometricVPSDE
+from lsgm_core.solvers import (ODE_EPS, exp_weights, interpolate, ode_decode, ode_encode, ode_solve, sample,
+                               time_grid)
+
+torch.set_num_threads(1)
+
+
+# closed forms ---------------------------------------------------------------------------------
+def test_alpha_zero_prior_is_standard_normal_and_its_flow_is_the_identity():
+    # eps_hat = sigma_t z makes the drift -beta/2 (z - eps_hat/sigma_t) vanish: z(t) = z(1) for all t
+    prior = random_prior()
+    z1 = torch.randn(16, *prior.shape, generator=torch.Generator().manual_seed(1))
+    z0, _, _ = ode_solve(prior, z1, 1.0, ODE_EPS, alpha=0.0)
+    # the drift is exactly 0; what remains is float32 round-off of dopri5's dense output (measured 3e-6)
+    assert (z0 - z1).abs().max().item() < 1e-5
+    fast = sample(Wrap(prior), 16, "fast", alpha=0.0, z1=z1)
+    assert torch.equal(fast.z0, z1)  # the exponential integrator is exact here, not just close
+    assert fast.nfe == 20
+
+
+def test_sde_sampler_keeps_the_standard_normal_at_alpha_zero():
+    prior = random_prior()
+    out = sample(Wrap(prior), 256, "sde", steps=100, alpha=0.0, seed=3)
+    # Euler-Maruyama is not exact: on the log-SNR grid its variance error is ~(beta dt)^2/4 per step
+    assert abs(out.z0.std().item() - 1.0) < 0.05
+    assert abs(out.z0.mean().item()) < 0.05
+
+
+@pytest.mark.parametrize("sde", list(SDES))
+def test_ode_matches_the_gaussian_closed_form(sde):
+    prior = GaussianPrior(SDES[sde], c=0.3)
+    z1 = torch.randn(8, *prior.shape, generator=torch.Generator().manual_seed(0))
+    z0, _, traj = ode_solve(prior, z1, 1.0, ODE_EPS, atol=1e-6, rtol=1e-6, record_times=5)
+    scale = lambda t: (prior.s(t) / prior.s(1.0)).float()  # noqa: E731
+    assert torch.allclose(z0, z1 * scale(ODE_EPS), atol=1e-4, rtol=1e-4)
+    for t, zt in zip(traj.times.tolist(), traj.zt):
+        assert torch.allclose(zt, z1 * scale(t), atol=1e-4, rtol=1e-4)
+    # the exact eps_hat makes z0_hat the posterior mean E[z0 | z_t] = m_t c^2 / s_t^2 z_t
+    t = traj.times[2].item()
+    m = prior.sde.mean_coef(torch.tensor(t, dtype=torch.float64))
+    assert torch.allclose(traj.z0_hat[2], traj.zt[2] * (m * prior.c ** 2 / prior.s(t) ** 2).float(), atol=1e-5)
+    assert traj.step_sizes and all(h > 0 for h in traj.step_sizes)
+    assert traj.step_times[0] == 1.0 and all(a > b for a, b in zip(traj.step_times, traj.step_times[1:]))
+
+
+@pytest.mark.parametrize("sde", list(SDES))
+def test_fast_solver_converges_to_the_gaussian_closed_form(sde):
+    # the Gaussian is the hard case for this solver: it sees alpha = 1, the whole field nonlinear
+    prior = GaussianPrior(SDES[sde], c=0.3)
+    z1 = torch.randn(8, *prior.shape, generator=torch.Generator().manual_seed(0))
+    exact = z1 * (prior.s(ODE_EPS) / prior.s(1.0)).float()
+    err = {n: (sample(Wrap(prior), 8, "fast", steps=n, z1=z1).z0 - exact).abs().max().item() / exact.abs().max().item()
+           for n in (10, 20)}
+    assert err[20] < 1.5e-2  # measured 7e-4 (geometric), 7e-3 (vpsde)
+    assert err[10] / err[20] > 6.0  # third order: halving the step divides the error by ~8 (measured 11, 15)
+
+
+def test_exponential_integrator_weights_match_their_closed_forms():
+    lam_s, lam_t = -1.5, -0.8
+    h = lam_t - lam_s
+    m = lambda lam: math.sqrt(1.0 / (1.0 + math.exp(-2.0 * lam)))  # noqa: E731
+    phi, (w0, w1) = exp_weights(lam_s, lam_t, torch.tensor([1.0, 0.0]), [lam_s, lam_s - 0.4])
+    # alpha = 1: DPM-Solver++ (sigma_t/sigma_s, m_t (1 - e^-h), m_t (h - 1 + e^-h))
+    assert phi[0].item() == pytest.approx(math.sqrt((1 + math.exp(2 * lam_s)) / (1 + math.exp(2 * lam_t))), rel=1e-12)
+    assert w0[0].item() == pytest.approx(m(lam_t) * (1 - math.exp(-h)), rel=1e-12)
+    assert w1[0].item() == pytest.approx(m(lam_t) * (h - 1 + math.exp(-h)), rel=1e-12)
+    # alpha = 0: no propagation of z, and int m dlambda = asinh(e^lambda)
+    assert phi[1].item() == 1.0
+    assert w0[1].item() == pytest.approx(math.asinh(math.exp(lam_t)) - math.asinh(math.exp(lam_s)), rel=1e-12)
+
+
+def test_time_grid_is_uniform_in_log_snr_and_spans_one_to_ode_eps():
+    t, lam = time_grid(GeometricVPSDE(), 10)
+    assert t[0].item() == 1.0 and t[-1].item() == ODE_EPS
+    assert torch.all(t[1:] < t[:-1])
+    assert torch.allclose(lam[1:] - lam[:-1], (lam[1] - lam[0]).expand(10))
+
+
+# seeds, options, bad input ---------------------------------------------------------------------------
+@pytest.mark.parametrize("solver,kw", [("ode", {"atol": 1e-3, "rtol": 1e-3}), ("sde", {"steps": 5}),
+                                       ("fast", {"steps": 5})])
+def test_seed_reproducibility(solver, kw):
+    model = Wrap(random_prior())
+    a = sample(model, 4, solver, alpha=0.5, seed=7, **kw).z0
+    assert torch.equal(a, sample(model, 4, solver, alpha=0.5, seed=7, **kw).z0)
+    assert not torch.allclose(a, sample(model, 4, solver, alpha=0.5, seed=8, **kw).z0)
+
+
+def test_batching_temperature_trajectory_and_callback():
+    model = Wrap(random_prior())
+    full = sample(model, 6, "fast", steps=6, alpha=0.5, temperature=0.5, record_times=3)
+    chunked = sample(model, 6, "fast", steps=6, alpha=0.5, temperature=0.5, record_times=3, batch_size=4)
+    assert torch.allclose(full.z0, chunked.z0, rtol=1e-5, atol=1e-5)  # batch-size-dependent conv kernels
+    assert full.nfe == 7 and chunked.nfe == 14  # 6 steps, and z0_hat at t_end for the record
+    z1 = torch.randn(6, *model.prior.shape, generator=torch.Generator().manual_seed(0))
+    traj = full.trajectory
+    assert torch.equal(traj.zt[0], 0.5 * z1) and torch.equal(traj.zt[-1], full.z0)
+    assert traj.times[0].item() == 1.0 and traj.times[-1].item() == pytest.approx(ODE_EPS)
+    assert traj.zt.shape == traj.z0_hat.shape == (3, 6, *model.prior.shape)
+    assert len(traj.step_sizes) == len(traj.step_times) == 6
+    seen = []
+    sample(model, 2, "ode", atol=1e-3, rtol=1e-3, alpha=0.5, callback=seen.append)
+    assert seen and seen[-1]["nfe"] == len(seen) and 0.0 <= seen[-1]["done"] <= 1.0
+
+    class Stop(Exception):
+        pass
+
+    def cancel(info):
+        if info["nfe"] == 3:
+            raise Stop
+    with pytest.raises(Stop):
+        sample(model, 2, "sde", steps=50, callback=cancel)
+
+
+@pytest.mark.parametrize("kw,match", [({"num": 0}, "positive"), ({"solver": "euler"}, "unknown solver"),
+                                      ({"solver": "ode", "atol": 0.0}, "positive"),
+                                      ({"solver": "ode", "steps": 5}, "atol and rtol"),
+                                      ({"steps": 0}, "at least 1"), ({"record_times": [2.0]}, "record_times")])
+def test_sample_rejects_bad_arguments(kw, match):
+    args = {"num": 2, **kw}
+    with pytest.raises(ValueError, match=match):
+        sample(Wrap(random_prior()), args.pop("num"), **args)
+
+
+# the tiny trained LSGM ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoints):
+    from lsgm_core import load_model
+
+    return load_model(tiny_checkpoints["stage2"])
+
+
+@pytest.fixture(scope="module")
+def test_images(data_dir):
+    from lsgm_core.data import load_dataset
+
+    x, _ = load_dataset("binarized-mnist", "test", data_dir).batch(torch.arange(8), torch.Generator().manual_seed(0))
+    return x
+
+
+def test_encode_then_decode_returns_the_latent(tiny, test_images):
+    # alpha = 1 switches the mixing off and gives the bare network's field: the tiny model's learned
+    # alpha (~0.0025) moves z by only ~5e-4 between t = 0 and 1, too little to test anything
+    with torch.no_grad():
+        z0 = tiny.encode(test_images)[0]
+    z1, _ = ode_encode(tiny.prior, z0, alpha=1.0)
+    back, _ = ode_decode(tiny.prior, z1, alpha=1.0)
+    assert (z1 - z0).abs().max().item() > 5e-2  # the round trip went somewhere
+    assert (back - z0).abs().max().item() < 5e-3  # at atol = rtol = 1e-5, latents of size ~4
+
+
+def test_nfe_grows_as_the_tolerance_tightens(tiny):
+    nfe = [sample(tiny, 8, "ode", atol=tol, rtol=tol, alpha=1.0).nfe for tol in (1e-2, 1e-3, 1e-4)]
+    assert nfe[0] < nfe[1] < nfe[2]
+
+
+@pytest.mark.parametrize("alpha,tol", [(None, 2e-3), (1.0, 2e-2)])
+def test_fast_solver_agrees_with_the_adaptive_ode(tiny, alpha, tol):
+    """20 fast steps against dopri5 at 1e-5 from the same z1, max |dz0| (latents of size ~4).
+
+    Measured against dopri5 at 1e-7: learned alpha, fast 7e-6 and dopri5 at 1e-5 3e-4 (the field is
+    nearly zero); alpha = 1, fast 7e-3 (20 NFE) and dopri5 at 1e-5 1.2e-3 (98 NFE).
+    """
+    ref = sample(tiny, 16, "ode", atol=1e-5, rtol=1e-5, alpha=alpha)
+    fast = sample(tiny, 16, "fast", steps=20, alpha=alpha)
+    assert fast.nfe == 20
+    assert (fast.z0 - ref.z0).abs().max().item() < tol
+    assert (fast.images - ref.images).abs().max().item() < tol
+
+
+def test_interpolation_modes(tiny, test_images):
+    with torch.no_grad():
+        mu = tiny.encode(test_images[:2])[0]
+    for mode in ("linear_z0", "slerp_z1"):
+        images, z0 = interpolate(tiny, test_images[0], test_images[1], 5, mode=mode)
+        assert images.shape == (5, 1, 28, 28) and z0.shape == (5, *tiny.latent_shape)
+        assert torch.allclose(z0[[0, -1]], mu, atol=1e-3)
+    with pytest.raises(ValueError, match="mode"):
+        interpolate(tiny, test_images[0], test_images[1], 5, mode="cubic")
+
+
+def test_ode_solve_only_takes_adaptive_methods():
+    with pytest.raises(ValueError, match="unknown ODE method"):
+        ode_solve(random_prior(), torch.zeros(1, 2, 4, 4), 1.0, ODE_EPS, method="rk4")

@@ -209,3 +209,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bo
         load_state(model.prior, tensors["ema"], f"{meta['path']}/ema.safetensors")
     model.meta = meta
     return model.to(device).eval()
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, metrics: dict | None = None) -> Path:
+    """Copy a checkpoint for shipping: weights and EMA only (no optimiser state), metrics merged."""
+    config, meta, tensors = read_checkpoint(src, parts=("model", "ema"))
+    keep = {k: v for k, v in meta.items() if k not in ("files", "format", "version", "path", "optimizers")}
+    keep["metrics"] = {**meta.get("metrics", {}), **(metrics or {})}
+    keep["exported_from"] = meta["path"]
+    return save_checkpoint(dst, config, tensors, keep)

@@ -1,0 +1,157 @@
+"""Benchmarks of lsgm_core. Each subcommand prints one JSON object on stdout.
+
+    python -m lsgm_core.bench train [--config FILE] [--steps N] [--warmup N] [--batch-size B]
+                                    [--device D] [--data-dir DIR] [--stages 1 2]
+
+`train` times the trainer's own optimisation step (Trainer.train_step: forward, backward,
+clipping, optimisers, EMA) for stage 1 and stage 2 of a config, after warm-up steps, and
+reports images/s and peak memory (CUDA: torch.cuda.max_memory_allocated for each stage; else
+the process's peak resident set size, which only grows, so stage 2's figure includes stage 1's).
+Without --data-dir it runs on synthetic images written as IDX files to a temporary folder, so it
+needs no download and the numbers do not depend on the data.
+
+Adding a subcommand (`sampling`, `app`, ...): write `add_<name>_args(parser)` and
+`bench_<name>(args) -> dict`, and register them in COMMANDS. `main` builds the parser, runs the
+function and prints its dict as JSON; ConfigError, DataError, CheckpointError and ValueError become
+"error: ..." on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, load_config
+from .data import DataError
+from .train import Trainer, pick_device
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "bmnist.toml"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _peak_memory_mib(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_cuda_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in bytes on macOS, in KiB on Linux
+    return {"peak_rss_mib": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+
+
+def write_synthetic_idx(folder: Path, n: int, side: int = 28, seed: int = 0) -> None:
+    """Random uint8 images and labels under the official MNIST file names (train and test)."""
+    gen = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        images = torch.randint(0, 256, (n, side, side), generator=gen, dtype=torch.uint8)
+        labels = torch.randint(0, 10, (n,), generator=gen, dtype=torch.uint8)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+            b"\x00\x00\x08\x03" + struct.pack(">3I", n, side, side) + images.numpy().tobytes())
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            b"\x00\x00\x08\x01" + struct.pack(">I", n) + labels.numpy().tobytes())
+
+
+# --------------------------------------------------------------------------- train
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help=f"run configuration (default: {DEFAULT_CONFIG.name} if it exists, "
+                                    "else the built-in defaults)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per stage (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before them (default 3)")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--data-dir", help="real data from this folder (default: synthetic images)")
+    p.add_argument("--stages", type=int, nargs="+", choices=(1, 2), default=[1, 2], help="stages to time")
+
+
+def bench_train(args) -> dict:
+    """Training throughput (images/s) and peak memory, stage 1 and stage 2."""
+    if args.steps < 1 or args.warmup < 0:
+        raise ValueError("--steps must be at least 1 and --warmup at least 0")
+    config = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
+    device = pick_device(args.device)
+    result = {"bench": "train", "config": config or "defaults", "device": str(device),
+              "torch": torch.__version__,
+              "data": "synthetic" if args.data_dir is None else str(args.data_dir),
+              "steps": args.steps, "warmup": args.warmup}
+    overrides = {"train": {"init_from": None, "max_steps": args.warmup + args.steps}}
+    if args.batch_size is not None:
+        overrides["train"]["batch_size"] = args.batch_size
+    cfg = load_config(config, overrides)
+    batch = result["batch_size"] = cfg["train"]["batch_size"]
+    with tempfile.TemporaryDirectory(prefix="lsgm-bench-") as tmp:
+        tmp = Path(tmp)
+        data_dir = args.data_dir
+        dataset = cfg["data"]["dataset"]
+        if data_dir is None and not dataset.startswith("folder:"):  # a folder data set is its own data
+            data_dir = tmp / "data"
+            write_synthetic_idx(data_dir / ("fashion-mnist" if dataset == "fashion-mnist" else "mnist"),
+                                n=max(4 * batch, 256))
+        for stage in args.stages:
+            cfg = load_config(config, {"train": {**overrides["train"], "stage": stage}})
+            trainer = Trainer(cfg, tmp / f"stage{stage}", data_dir, device=str(device), show_progress=False)
+            skipped = 0
+            for i in range(args.warmup + args.steps):
+                if i == args.warmup:
+                    _sync(device)
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    start = time.perf_counter()
+                skipped += trainer.train_step() is None
+                trainer.step += 1
+            _sync(device)
+            seconds = time.perf_counter() - start
+            model = trainer.model
+            result[f"stage{stage}"] = {
+                "images_per_s": round(args.steps * batch / seconds, 1),
+                "ms_per_step": round(1000 * seconds / args.steps, 2),
+                "params_vae": sum(p.numel() for p in model.vae_parameters()),
+                "params_prior": sum(p.numel() for p in model.prior.parameters()),
+                "skipped_steps": int(skipped),
+                **_peak_memory_mib(device),
+            }
+            del trainer, model
+    result["threads"] = torch.get_num_threads()  # as the config's train.num_threads left it
+    return result
+
+
+# --------------------------------------------------------------------------- entry point
+
+COMMANDS = {
+    "train": (add_train_args, bench_train),
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lsgm_core.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name, (add_args, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=(run.__doc__ or "").strip().split("\n")[0] or None)
+        add_args(p)
+        p.set_defaults(run=run)
+    args = ap.parse_args(argv)
+    try:
+        result = args.run(args)
+    except (ConfigError, DataError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

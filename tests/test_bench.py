@@ -1,0 +1,53 @@
+"""Tests of lsgm_core.bench with tiny settings: the JSON it prints, not its timings."""
+import json
+from pathlib import Path
+
+import pytest
+
+from lsgm_core import bench
+
+SMOKE = Path(__file__).parents[1] / "configs" / "smoke.toml"
+
+
+def _run(capsys, *argv) -> tuple[int, dict | None, str]:
+    rc = bench.main(list(argv))
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) <= 1, out
+    return rc, json.loads(lines[0]) if lines else None, err
+
+
+def test_train_bench_on_synthetic_data(capsys):
+    rc, result, _ = _run(capsys, "train", "--config", str(SMOKE), "--steps", "2", "--warmup", "1",
+                         "--batch-size", "8", "--device", "cpu")
+    assert rc == 0
+    assert result["bench"] == "train" and result["device"] == "cpu" and result["data"] == "synthetic"
+    assert result["batch_size"] == 8 and result["steps"] == 2
+    for stage in ("stage1", "stage2"):
+        r = result[stage]
+        assert r["images_per_s"] > 0 and r["ms_per_step"] > 0 and r["peak_rss_mib"] > 0
+        assert r["params_vae"] > 0 and r["params_prior"] > 0 and r["skipped_steps"] == 0
+
+
+def test_train_bench_on_real_data(capsys, data_dir):
+    rc, result, _ = _run(capsys, "train", "--config", str(SMOKE), "--steps", "1", "--warmup", "0",
+                         "--batch-size", "8", "--device", "cpu", "--data-dir", str(data_dir), "--stages", "1")
+    assert rc == 0 and result["data"] == str(data_dir)
+    assert "stage1" in result and "stage2" not in result
+
+
+def test_bench_errors_and_help(capsys):
+    rc, result, err = _run(capsys, "train", "--config", str(SMOKE), "--steps", "0")
+    assert rc == 2 and result is None and err.startswith("error:") and "--steps" in err
+    rc, result, err = _run(capsys, "train", "--config", "/no/such/config.toml")
+    assert rc == 2 and "does not exist" in err
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--help"])
+    assert e.value.code == 0
+    assert "train" in capsys.readouterr().out
+
+
+def test_subcommands_are_registered():
+    for name, (add_args, run) in bench.COMMANDS.items():
+        assert callable(add_args) and callable(run), name
+    assert "train" in bench.COMMANDS

@@ -73,12 +73,12 @@ def test_unknown_solver_exits_with_a_usage_error(tmp_path):
 
 
 def test_evaluate_cli(tiny_checkpoints, pixel_checkpoint, data_dir, capsys):
-    common = ["--data-dir", data_dir, "--limit", 4, "--batch-size", 4, "--atol", 1e-3, "--rtol", 1e-3,
+    common = ["--data-dir", data_dir, "--limit", 2, "--batch-size", 2, "--atol", 1e-3, "--rtol", 1e-3,
               "--device", "cpu", "--no-progress"]
     code, stdout, _ = run_main(evaluate.main, ["--checkpoint", tiny_checkpoints["stage2"], *common, "--iw", 2], capsys)
     assert code == 0
     info = json.loads(stdout)
-    assert info["n"] == 4 and info["iw"] == 2
+    assert info["n"] == 2 and info["iw"] == 2
     for key in ("nelbo_nats", "bpd", "recon_nats", "kl_nats"):
         assert np.isfinite(info[key])
     assert info["bpd"] == pytest.approx(info["nelbo_nats"] / (784 * np.log(2)))

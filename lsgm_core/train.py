@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_state, read_checkpoint, resolve_checkpoint, save_run_checkpoint
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, merge
 from .data import DataError, load_dataset
 from .model import build_model
 
@@ -100,7 +100,9 @@ class Trainer:
     """One training run, in one process of a (possibly distributed) job."""
 
     def __init__(self, config: dict, out: str | Path, data_dir=None, device: str | None = None,
-                 resume: bool = False, show_progress: bool = True):
+                 resume: bool = False, show_progress: bool = True, overrides: dict | None = None):
+        """With `resume`, the run goes on with the config saved in its checkpoint, not `config`
+        (only its train.max_steps is taken), with `overrides` (e.g. the CLI's --set) applied on top."""
         self.out = Path(out)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
@@ -123,7 +125,7 @@ class Trainer:
         if self.resume_from is not None:
             saved, _, _ = read_checkpoint(self.resume_from, parts=())
             saved["train"]["max_steps"] = config["train"]["max_steps"]
-            config = saved
+            config = merge(saved, overrides or {})
         self.cfg = config
         t = config["train"]
         if t["num_threads"]:
@@ -214,7 +216,9 @@ class Trainer:
                 if key.startswith(prefix):
                     idx, field = key[len(prefix):].split(".", 1)
                     state.setdefault(int(idx), {})[field] = value
-            opt.load_state_dict({"state": state, "param_groups": groups})
+            # the learning rates follow the config (which --set may have changed), not the checkpoint
+            current = [{k: g[k] for k in ("base_lr", "schedule")} for g in opt.param_groups]
+            opt.load_state_dict({"state": state, "param_groups": [{**g, **c} for g, c in zip(groups, current)]})
         self.step = int(meta["step"])
         self.bad_steps = int(meta.get("bad_steps", 0))
         self.elapsed = float(meta.get("seconds", 0.0))
@@ -448,7 +452,7 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--max-steps must be positive, got {args.max_steps}")
             overrides.setdefault("train", {})["max_steps"] = args.max_steps
         cfg = load_config(args.config, overrides)
-        trainer = Trainer(cfg, args.out, args.data_dir, args.device, args.resume, not args.no_progress)
+        trainer = Trainer(cfg, args.out, args.data_dir, args.device, args.resume, not args.no_progress, overrides)
         result = trainer.train()
     except (ConfigError, DataError, CheckpointError, TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

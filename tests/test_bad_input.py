@@ -240,3 +240,10 @@ def test_repeated_non_finite_losses_stop_the_run(data_dir, tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "skipped" in r] == [12, 13, 14]
+
+    # as the error advises: lower the learning rate, then --resume (from step 10)
+    assert main(["--config", str(SMOKE), "--out", str(run), "--data-dir", str(data_dir), "--resume", "--device", "cpu",
+                 "--no-progress", "--max-steps", "12", "--set", "train.lr_vae=1e-5"]) == 0
+    config, meta, _ = read_checkpoint(run, parts=())
+    assert meta["step"] == 12 and config["train"]["lr_vae"] == 1e-5 and config["train"]["batch_size"] == 16
+    assert meta["optimizers"]["vae"][0]["lr"] < 1e-5

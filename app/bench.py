@@ -66,7 +66,7 @@ def bench_app(args) -> dict:
                     time.sleep(0.05)
             cold = time.perf_counter() - start
             cold_cpu = _cpu_seconds(server.pid)
-            client = Client(url, verbose=False)
+            client = Client(url, verbose=False, analytics_enabled=False, download_files=tmp)
             model = client.predict(api_name="/models")["default"]
             if model is None:
                 raise ValueError(f"no model to serve: put one in {CHECKPOINTS} or pass --checkpoint")

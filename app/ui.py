@@ -9,7 +9,9 @@ from .paths import ASSETS
 from .tabs import interpolate, latent_map, sample, train, trajectory
 
 MAX_QUEUE = 64  # requests waiting at once, all users together; more are refused with "queue full"
-CSS = "#sample-grid img, #trajectory-frames img, #interp-strip img { image-rendering: pixelated; }"
+# Images of 28x28 pixels: enlarged without blur, and the inputs shown at a visible size.
+CSS = """#sample-grid img, #trajectory-frames img, #interp-strip img { image-rendering: pixelated; }
+#interp-a img, #interp-b img { image-rendering: pixelated; min-height: 140px; object-fit: contain; }"""
 # System fonts: the default theme would fetch Google Fonts, and the app must work offline.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])

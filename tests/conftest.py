@@ -49,3 +49,6 @@ def tiny_checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
     s1 = _train({"train": {"max_steps": 60}}, root / "stage1", data_dir)
     s2 = _train({"train": {"stage": 2, "init_from": str(s1), "max_steps": 40}}, root / "stage2", data_dir)
     return {"stage1": s1, "stage2": s2}
+
+
+from app_harness import app_server  # noqa: E402,F401  (a launched app, shared by the app tests)

@@ -6,7 +6,7 @@ import torch
 
 from lsgm_core import solvers
 
-from ..common import QUICK, Context, integer, number, one_of, user_errors
+from ..common import QUICK, Context, integer, number, one_of, try_load, user_errors
 from ..images import UPLOAD_RULES, display_scale, grid, model_input, to_pil
 from ..paths import ASSETS, CLASS_NAMES
 from .sample import progress_callback
@@ -39,17 +39,21 @@ def examples() -> dict[str, str]:
 def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
     shipped = examples()
     names = list(shipped)
+
+    def pair(dataset: str) -> tuple[str, str]:
+        """A default A and B from a data set's shipped examples: two classes that differ clearly."""
+        return tuple(f"{dataset}: {CLASS_NAMES[dataset][c]} (a)" for c in (3, 8))
+
+    first_a, first_b = pair("mnist")
     with gr.Row():
         with gr.Column():
-            pick_a = gr.Dropdown(names, value=names[0] if names else None, label="Example for A",
-                                 info="real test images shipped with the app")
-            img_a = UploadImage(value=shipped.get(names[0]) if names else None, label="Image A", type="filepath",
-                                image_mode=None, sources=["upload", "clipboard"], height=200, elem_id="interp-a")
+            pick_a = gr.Dropdown(names, value=first_a, label="Example for A", info="real test images shipped with the app")
+            img_a = UploadImage(value=shipped[first_a], label="Image A", type="filepath", image_mode=None,
+                                sources=["upload", "clipboard"], height=200, elem_id="interp-a")
         with gr.Column():
-            pick_b = gr.Dropdown(names, value=names[5] if len(names) > 5 else None, label="Example for B")
-            img_b = UploadImage(value=shipped.get(names[5]) if len(names) > 5 else None, label="Image B",
-                                type="filepath", image_mode=None, sources=["upload", "clipboard"], height=200,
-                                elem_id="interp-b")
+            pick_b = gr.Dropdown(names, value=first_b, label="Example for B")
+            img_b = UploadImage(value=shipped[first_b], label="Image B", type="filepath", image_mode=None,
+                                sources=["upload", "clipboard"], height=200, elem_id="interp-b")
     gr.Markdown(f"Or upload your own: {UPLOAD_RULES}. Images are converted to the model's input "
                 "(grey or RGB, center-cropped, resized; a light background is inverted for MNIST-style models).")
     with gr.Row():
@@ -68,6 +72,14 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
 
     for pick, img in ((pick_a, img_a), (pick_b, img_b)):
         pick.change(lambda name: shipped.get(name), pick, img, api_visibility="private", queue=False)
+
+    def examples_for_model(model_id):
+        model = try_load(ctx, model_id)
+        if model is None:
+            return gr.skip(), gr.skip()
+        return pair("fashion-mnist" if model.config["data"]["dataset"] == "fashion-mnist" else "mnist")
+
+    gr.on([picker.change, demo.load], examples_for_model, picker, [pick_a, pick_b], api_visibility="private")
 
     @user_errors
     def run(model_id, a, b, mode, count, log_tol, request: gr.Request, progress=gr.Progress()):

@@ -109,7 +109,7 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         if model is None:
             return gr.skip(), gr.skip()
         mixed = model.kind == "lsgm" and model.prior.mixed
-        learned = float(model.prior.alpha().mean()) if mixed else 1.0
+        learned = float(model.prior.alpha().detach().mean()) if mixed else 1.0
         return (gr.update(info=alpha_summary(model), interactive=mixed, value=round(learned, 2)),
                 gr.update(interactive=mixed))
 

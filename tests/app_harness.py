@@ -1,0 +1,64 @@
+"""A real `python -m app` server for the app tests: one per test session, on a free port.
+
+Its checkpoints/ folder holds the tiny trained LSGM (the default), its stage-1 VAE, and a copy
+whose weights file is truncated (a damaged checkpoint the app must refuse without falling over).
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 600  # a timeout, not a wait: on a shared, busy machine imports alone can take minutes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_checkpoints, data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    ck = root / "checkpoints"
+    ck.mkdir()
+    shutil.copytree(tiny_checkpoints["stage2"], ck / "tiny-lsgm")
+    shutil.copytree(tiny_checkpoints["stage1"], ck / "tiny-stage1")
+    broken = shutil.copytree(tiny_checkpoints["stage2"], ck / "broken")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (ck / "DEFAULT").write_text("tiny-lsgm\n")
+    port = free_port()
+    out, err = root / "stdout.txt", root / "stderr.txt"
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio"), "TMPDIR": str(root / "tmp"),
+           "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False"}
+    (root / "tmp").mkdir()
+    start = time.perf_counter()
+    with open(out, "w") as so, open(err, "w") as se:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "--no-browser", "--port", str(port), "--device", "cpu",
+             "--checkpoints-dir", str(ck), "--runs-dir", str(root / "runs"), "--data-dir", str(data_dir)],
+            cwd=REPO, env=env, stdout=so, stderr=se)
+    url = None
+    while url is None:
+        if proc.poll() is not None or time.perf_counter() - start > STARTUP_TIMEOUT_S:
+            proc.kill()
+            pytest.fail(f"the app did not start (exit {proc.poll()}):\n{err.read_text()[-3000:]}")
+        url = next((line.split()[2] for line in out.read_text().splitlines()
+                    if line.startswith("LSGM explorer: ")), None)
+        time.sleep(0.2)
+    yield SimpleNamespace(url=url, root=root, port=port, proc=proc, stderr=err,
+                          cold_start_s=time.perf_counter() - start)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()

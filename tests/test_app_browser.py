@@ -1,0 +1,139 @@
+"""The app in a real browser (Debian's chromium through Playwright): every tab's main control,
+with its result checked on the page and a screenshot of each tab kept in test-artifacts/app/."""
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("LSGM_TEST_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "app"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+WAIT_MS = 240_000  # a shared CI machine can be slow; results usually come in seconds
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set LSGM_TEST_CHROMIUM)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1280, "height": 1400})
+        pg.set_default_timeout(WAIT_MS)
+        pg.goto(app_server.url)
+        pg.wait_for_selector("#model-info :text('tiny-lsgm')")  # the default model loaded
+        yield pg
+        browser.close()
+
+
+def shot(pg, name: str) -> None:
+    path = ARTIFACTS / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+
+
+def open_tab(pg, title: str) -> None:
+    pg.get_by_role("tab", name=title, exact=True).click()
+
+
+def click(pg, label: str) -> None:
+    pg.get_by_role("button", name=label, exact=True).click()
+
+
+def set_slider(pg, elem_id: str, value) -> None:
+    box = pg.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def rendered_image(pg, selector: str) -> None:
+    """Wait until an <img> under selector has loaded a non-empty image."""
+    pg.wait_for_function("""sel => { const im = document.querySelector(sel + ' img');
+                                     return im && im.complete && im.naturalWidth > 0; }""", arg=selector)
+
+
+def test_sample_tab(page):
+    open_tab(page, "Sample")
+    click(page, "Sample")
+    rendered_image(page, "#sample-grid")
+    page.wait_for_selector("#sample-stats :text('NFE')")
+    assert "16 samples" in page.inner_text("#sample-stats")
+    shot(page, "sample")
+
+
+def test_trajectory_tab(page):
+    open_tab(page, "Trajectory")
+    click(page, "Run trajectory")
+    rendered_image(page, "#trajectory-frames")
+    page.wait_for_selector("#trajectory-paths .js-plotly-plot .scatterlayer .trace")
+    page.wait_for_selector("#trajectory-steps .js-plotly-plot .scatterlayer .trace")
+    assert "NFE" in page.inner_text("#trajectory-stats")
+    shot(page, "trajectory")
+
+
+def test_interpolate_tab(page, tmp_path):
+    open_tab(page, "Interpolate")
+    click(page, "Interpolate")  # the two shipped examples picked by default
+    rendered_image(page, "#interp-strip")
+    page.wait_for_selector("#interp-stats :text('10 images')")
+    shot(page, "interpolate")
+    # an upload with transparency is converted, and the page says so
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[8:32, 14:26] = (0, 0, 0, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "shape.png")
+    page.locator("#interp-a input[type=file]").set_input_files(str(tmp_path / "shape.png"))
+    page.wait_for_timeout(500)
+    click(page, "Interpolate")
+    page.wait_for_selector("#interp-stats :text('transparency composited on white')")
+    # a file that is no image gets a readable message, and the page keeps working
+    (tmp_path / "notes.png").write_text("not an image at all")
+    page.locator("#interp-a input[type=file]").set_input_files(str(tmp_path / "notes.png"))
+    page.wait_for_timeout(500)
+    click(page, "Interpolate")
+    page.wait_for_selector(":text('not an image')")
+    shot(page, "interpolate-bad-upload")
+
+
+def test_latent_map_tab_with_hover(page):
+    open_tab(page, "Latent map")
+    set_slider(page, "latent-points", 300)
+    set_slider(page, "latent-samples", 20)
+    click(page, "Compute map")
+    page.wait_for_selector("#latent-stats :text('Linear probe')")
+    page.wait_for_selector("#latent-map .js-plotly-plot .scatterlayer .trace")
+    # move the mouse onto the first point: its image must pop up
+    x, y = page.evaluate("""() => {
+        const gd = document.querySelector('#latent-map .js-plotly-plot');
+        const fl = gd._fullLayout, tr = gd._fullData[0], box = gd.getBoundingClientRect();
+        return [box.left + fl._size.l + fl.xaxis.l2p(tr.x[0]), box.top + fl._size.t + fl.yaxis.l2p(tr.y[0])];
+    }""")
+    page.mouse.move(x - 30, y - 30)
+    page.mouse.move(x, y, steps=5)
+    page.wait_for_function("""() => { const b = document.getElementById('latent-hover');
+        return b && b.style.display === 'block' && b.querySelector('img').src.startsWith('data:image/png'); }""")
+    shot(page, "latent-map")
+
+
+def test_train_tab_start_stop_and_picker(page):
+    open_tab(page, "Train")
+    name = f"browser-{int(time.time())}"
+    page.locator("#train-name textarea, #train-name input").first.fill(name)
+    set_slider(page, "train-steps", 5000)
+    click(page, "Start training")
+    page.wait_for_selector("#train-progress[data-state=running]")
+    page.wait_for_function("""() => { const p = document.querySelector('#train-progress progress');
+                                      return p && Number(p.value) > 0; }""")  # steps are being logged
+    page.wait_for_selector("#train-curve .js-plotly-plot .scatterlayer .trace")
+    shot(page, "train-running")
+    click(page, "Stop training")
+    page.wait_for_selector("#train-progress[data-state=stopped]")
+    shot(page, "train-stopped")
+    page.locator("#model-picker input").click()
+    page.get_by_role("option", name=f"runs/{name}", exact=False).click()
+    page.wait_for_selector(f"#model-info :text('runs/{name}')")

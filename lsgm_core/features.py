@@ -32,14 +32,14 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
+import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 import torch.nn.functional as F
@@ -208,15 +208,16 @@ def _sha256(path: Path) -> str:
 
 def _replace_atomically(path: Path, write) -> None:
     """``write(tmp_path)``, then rename over ``path``: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.part"
     try:
-        write(Path(tmp))
+        write(tmp)
+        # safetensors creates private (0600) files; these are shipped or shared, and hold no secrets
+        os.chmod(tmp, 0o644)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -294,8 +295,6 @@ def _read_stats(path: Path, n: int, classifier_sha: str) -> tuple[np.ndarray, np
     if not path.is_file():
         return None
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
             if meta.get("n") != str(n) or meta.get("classifier_sha256") != classifier_sha:
@@ -307,7 +306,7 @@ def _read_stats(path: Path, n: int, classifier_sha: str) -> tuple[np.ndarray, np
 
 
 def reference_stats(dataset_name: str, data_dir: str | os.PathLike | None = None, n: int = 10000,
-                   features_dir: str | os.PathLike | None = None, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+                    features_dir: str | os.PathLike | None = None, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of the features of the first ``n`` test images of ``dataset_name``.
 
     Read from ``<features_dir>/<dataset>_test_stats.safetensors`` when it was made with the same
@@ -389,7 +388,7 @@ def train_classifier(dataset_name: str, data_dir: str | os.PathLike | None, out_
     steps_per_epoch = len(train) // batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.train()
     for epoch in range(epochs):
         perm = torch.randperm(len(train), generator=generator)
@@ -404,13 +403,14 @@ def train_classifier(dataset_name: str, data_dir: str | os.PathLike | None, out_
             total += loss.item()
         print(f"{dataset_name} epoch {epoch + 1}/{epochs}: loss {total / steps_per_epoch:.4f}, "
               f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    seconds = time.perf_counter() - start
+    # CPU time as well: on a shared machine the wall time says more about the neighbours than the job
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model.eval()
     accuracy = float((classify(model, test.images) == test.labels.numpy()).mean())
 
     _replace_atomically(weights, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p)))
     metrics = {"dataset": dataset_name, "test_accuracy": round(accuracy, 4), "test_images": len(test),
-               "train_seconds": round(seconds, 1), "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
+               "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1), "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
                "params": sum(p.numel() for p in model.parameters())}
     meta = {"format": FORMAT, "version": VERSION, "dataset": dataset_name, "arch": arch,
             "binarize": model.binarize, "weights_sha256": _sha256(weights), "metrics": metrics,
@@ -438,7 +438,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train_classifier(args.dataset, args.data_dir, out / f"{args.dataset}.safetensors", args.epochs,
                                   args.seed, command=" ".join(["python -m lsgm_core.features", *argv]))
-        _STATS_MEMO.clear()
         reference_stats(args.dataset, args.data_dir, result["test_images"], out)
     except (DataError, CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -410,7 +410,8 @@ def train_classifier(dataset_name: str, data_dir: str | os.PathLike | None, out_
 
     _replace_atomically(weights, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p)))
     metrics = {"dataset": dataset_name, "test_accuracy": round(accuracy, 4), "test_images": len(test),
-               "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1), "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
+               "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
+               "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
                "params": sum(p.numel() for p in model.parameters())}
     meta = {"format": FORMAT, "version": VERSION, "dataset": dataset_name, "arch": arch,
             "binarize": model.binarize, "weights_sha256": _sha256(weights), "metrics": metrics,

@@ -10,6 +10,14 @@ the process's peak resident set size, which only grows, so stage 2's figure incl
 Without --data-dir it runs on synthetic images written as IDX files to a temporary folder, so it
 needs no download and the numbers do not depend on the data.
 
+    python -m lsgm_core.bench sampling --checkpoint A [--baseline B] [--sizes 16 256] [--sde-steps N]
+                                       [--fast-steps N] [--device D]
+
+`sampling` times lsgm_core.solvers.sample (network, solver and decoding; seed 0) for each number of
+samples with the adaptive ODE at atol = rtol = 1e-5 and 1e-3, the reverse SDE and the fast solver,
+after one untimed warm-up call; with --baseline (the pixel-space model) the same runs are timed for
+it and `speedup` gives baseline / model, in wall time and in NFE, run by run.
+
 Adding a subcommand (`sampling`, `app`, ...): write `add_<name>_args(parser)` and
 `bench_<name>(args) -> dict`, and register them in COMMANDS. `main` builds the parser, runs the
 function and prints its dict as JSON; ConfigError, DataError, CheckpointError and ValueError become
@@ -28,9 +36,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_model
 from .config import ConfigError, load_config
 from .data import DataError
+from .solvers import DEFAULT_STEPS, sample
 from .train import Trainer, pick_device
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "bmnist.toml"
@@ -128,10 +137,69 @@ def bench_train(args) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------- sampling
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the model to time (an LSGM checkpoint or run folder)")
+    p.add_argument("--baseline", help="a second checkpoint (the pixel baseline) to time the same way and compare")
+    p.add_argument("--sizes", type=int, nargs="+", default=[16, 256], help="numbers of samples (default 16 256)")
+    p.add_argument("--sde-steps", type=int, default=DEFAULT_STEPS["sde"], help="Euler-Maruyama steps")
+    p.add_argument("--fast-steps", type=int, default=DEFAULT_STEPS["fast"], help="fast-solver steps")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _sampling_runs(args) -> dict[str, dict]:
+    """Label -> sample() options of every timed configuration."""
+    return {"ode_tol1e-05": {"solver": "ode", "atol": 1e-5, "rtol": 1e-5},
+            "ode_tol1e-03": {"solver": "ode", "atol": 1e-3, "rtol": 1e-3},
+            f"sde_{args.sde_steps}steps": {"solver": "sde", "steps": args.sde_steps},
+            f"fast_{args.fast_steps}steps": {"solver": "fast", "steps": args.fast_steps}}
+
+
+def _time_sampling(model, device: torch.device, args) -> dict:
+    out = {}
+    sample(model, 2, "fast", steps=2, seed=args.seed)  # warm-up: first-call allocations, lazy init
+    for num in args.sizes:
+        for label, kw in _sampling_runs(args).items():
+            kw = dict(kw)
+            _sync(device)
+            start = time.perf_counter()
+            result = sample(model, num, kw.pop("solver"), seed=args.seed, **kw)
+            _sync(device)
+            out.setdefault(str(num), {})[label] = {"nfe": result.nfe, "seconds": round(time.perf_counter() - start, 4)}
+    return out
+
+
+def bench_sampling(args) -> dict:
+    """NFE and wall time of every sampler for 16 and 256 samples, and the speed-up over a baseline."""
+    if min(args.sizes) < 1 or args.sde_steps < 1 or args.fast_steps < 1:
+        raise ValueError("--sizes, --sde-steps and --fast-steps must be positive")
+    device = pick_device(args.device)
+    result = {"bench": "sampling", "device": str(device), "torch": torch.__version__,
+              "threads": torch.get_num_threads()}
+    for role, path in (("model", args.checkpoint), ("baseline", args.baseline)):
+        if path is None:
+            continue
+        model = load_model(path, device)
+        result[role] = {"checkpoint": model.meta["path"], "kind": model.kind, "shape": list(model.latent_shape),
+                        "params_prior": sum(p.numel() for p in model.prior.parameters()),
+                        "runs": _time_sampling(model, device, args)}
+    if args.baseline is not None:
+        # how many times faster the model is than the baseline (> 1: the model is faster)
+        result["speedup"] = {
+            num: {label: {"seconds": round(b["seconds"] / max(m["seconds"], 1e-4), 2),
+                          "nfe": round(b["nfe"] / m["nfe"], 2)}
+                  for label, m in runs.items() for b in [result["baseline"]["runs"][num][label]]}
+            for num, runs in result["model"]["runs"].items()}
+    return result
+
+
 # --------------------------------------------------------------------------- entry point
 
 COMMANDS = {
     "train": (add_train_args, bench_train),
+    "sampling": (add_sampling_args, bench_sampling),
 }
 
 

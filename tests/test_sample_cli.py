@@ -111,3 +111,23 @@ def test_evaluate_fid(tiny_checkpoints, data_dir, capsys):
         assert code == 0 and json.loads(stdout)["fid"] >= 0.0 and json.loads(stdout)["fid_samples"] == 8
     else:
         assert code != 0 and "error: no feature classifier shipped for binarized-mnist" in err
+
+
+def test_bench_sampling(tiny_checkpoints, pixel_checkpoint, capsys):
+    from lsgm_core import bench
+
+    code, stdout, _ = run_main(bench.main, ["sampling", "--checkpoint", tiny_checkpoints["stage2"], "--baseline",
+                                            pixel_checkpoint, "--sizes", 2, "--sde-steps", 3, "--fast-steps", 3,
+                                            "--device", "cpu"], capsys)
+    assert code == 0
+    info = json.loads(stdout)
+    labels = {"ode_tol1e-05", "ode_tol1e-03", "sde_3steps", "fast_3steps"}
+    assert info["model"]["kind"] == "lsgm" and info["baseline"]["kind"] == "pixel"
+    for role in ("model", "baseline"):
+        runs = info[role]["runs"]["2"]
+        assert set(runs) == labels and runs["fast_3steps"]["nfe"] == 3 and runs["sde_3steps"]["nfe"] == 3
+        assert runs["ode_tol1e-05"]["nfe"] >= runs["ode_tol1e-03"]["nfe"] > 0
+    assert set(info["speedup"]["2"]) == labels
+    code, stdout, err = run_main(bench.main, ["sampling", "--checkpoint", tiny_checkpoints["stage2"],
+                                              "--sizes", 0], capsys)
+    assert code == 2 and stdout == "" and err.startswith("error: ")

@@ -18,6 +18,11 @@ samples with the adaptive ODE at atol = rtol = 1e-5 and 1e-3, the reverse SDE an
 after one untimed warm-up call; with --baseline (the pixel-space model) the same runs are timed for
 it and `speedup` gives baseline / model, in wall time and in NFE, run by run.
 
+    python -m lsgm_core.bench app [--checkpoint PATH] [--clicks N] [--map-points N] [--device D]
+
+`app` launches `python -m app` and times it as a user meets it (app/bench.py): cold start to the
+first page, a Sample click at the tab's defaults, a latent map of 5,000 points after warm-up.
+
 Adding a subcommand (`sampling`, `app`, ...): write `add_<name>_args(parser)` and
 `bench_<name>(args) -> dict`, and register them in COMMANDS. `main` builds the parser, runs the
 function and prints its dict as JSON; ConfigError, DataError, CheckpointError and ValueError become
@@ -195,11 +200,29 @@ def bench_sampling(args) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------- app
+# The app's benchmark lives with the app (app/bench.py, also `python -m app.bench`); imported only
+# here, in the functions, so that lsgm_core itself never needs gradio.
+
+def add_app_args(p: argparse.ArgumentParser) -> None:
+    from app.bench import add_app_args as add
+
+    add(p)
+
+
+def bench_app(args) -> dict:
+    """Cold start of `python -m app`, a default Sample click and a 5,000-point latent map."""
+    from app.bench import bench_app as run
+
+    return run(args)
+
+
 # --------------------------------------------------------------------------- entry point
 
 COMMANDS = {
     "train": (add_train_args, bench_train),
     "sampling": (add_sampling_args, bench_sampling),
+    "app": (add_app_args, bench_app),
 }
 
 

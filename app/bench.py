@@ -42,6 +42,8 @@ def bench_app(args) -> dict:
     """Cold start, default Sample click and Latent map timings of `python -m app`."""
     from gradio_client import Client
 
+    from .tabs import sample as sample_tab
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -70,7 +72,7 @@ def bench_app(args) -> dict:
             model = client.predict(api_name="/models")["default"]
             if model is None:
                 raise ValueError(f"no model to serve: put one in {CHECKPOINTS} or pass --checkpoint")
-            defaults = (model, 16, 0, 1.0, "fast", -5, -5, 20, False, 1.0)  # the Sample tab as it opens
+            defaults = (model, *sample_tab.DEFAULTS.values())  # the Sample tab as it opens
             client.predict(*defaults, api_name="/sample")
             clicks, reported = [], []
             for _ in range(args.clicks):

@@ -15,16 +15,20 @@ MAX_IMAGES = 24
 MODES = [("spherical in z1, through the ODE", "slerp_z1"), ("linear in z0", "linear_z0")]
 
 
-class UploadImage(gr.Image):
-    """gr.Image that hands the uploaded file over unopened, so that the app's own checks (size,
-    pixel count, mode) give the message for a bad upload instead of a Pillow error."""
+def upload_image(**kwargs) -> gr.Image:
+    """A gr.Image whose uploaded file reaches the app unopened, so that the app's own checks (size,
+    pixel count, mode) give the message for a bad upload instead of a Pillow error. (Replaced on
+    the instance: a gr.Image subclass would make Gradio write a .pyi stub beside this module.)"""
+    image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], height=200, **kwargs)
+    opened = image.preprocess
 
-    is_template = True  # rendered by the frontend's Image component
-
-    def preprocess(self, payload):
-        if payload is None or (payload.url or "").startswith("data:"):
-            return super().preprocess(payload)
+    def preprocess(payload):
+        if payload is None or (payload.url or "").startswith("data:"):  # pasted images arrive inline
+            return opened(payload)
         return payload.path
+
+    image.preprocess = preprocess
+    return image
 
 
 def examples() -> dict[str, str]:
@@ -48,12 +52,10 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
     with gr.Row():
         with gr.Column():
             pick_a = gr.Dropdown(names, value=first_a, label="Example for A", info="real test images shipped with the app")
-            img_a = UploadImage(value=shipped[first_a], label="Image A", type="filepath", image_mode=None,
-                                sources=["upload", "clipboard"], height=200, elem_id="interp-a")
+            img_a = upload_image(value=shipped[first_a], label="Image A", elem_id="interp-a")
         with gr.Column():
             pick_b = gr.Dropdown(names, value=first_b, label="Example for B")
-            img_b = UploadImage(value=shipped[first_b], label="Image B", type="filepath", image_mode=None,
-                                sources=["upload", "clipboard"], height=200, elem_id="interp-b")
+            img_b = upload_image(value=shipped[first_b], label="Image B", elem_id="interp-b")
     gr.Markdown(f"Or upload your own: {UPLOAD_RULES}. Images are converted to the model's input "
                 "(grey or RGB, center-cropped, resized; a light background is inverted for MNIST-style models).")
     with gr.Row():

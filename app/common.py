@@ -76,6 +76,7 @@ def user_errors(fn):
         except gr.Error:
             raise
         except Cancelled:
+            log.info("%s stopped by the user", fn.__name__)
             raise gr.Error("Stopped.") from None
         except (ValueError, CheckpointError, DataError, ConfigError) as e:
             raise gr.Error(str(e)) from None

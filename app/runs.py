@@ -31,7 +31,7 @@ SIZES = {
               "train.batch_size": 64},
     "base": {},  # lsgm_core's defaults
 }
-MAX_STEPS = 100_000
+MAX_STEPS = 20_000  # a small run from the UI; longer ones belong to the trainer's CLI
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

@@ -10,6 +10,7 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,6 +25,20 @@ from app.paths import ASSETS  # noqa: E402
 MODEL = "checkpoints/tiny-lsgm"
 EXAMPLE_A = ASSETS / "examples" / "mnist-3-0.png"
 EXAMPLE_B = ASSETS / "examples" / "mnist-8-0.png"
+
+
+def test_stop_ends_the_running_job_of_its_session_only():
+    from app.common import Cancellations, Cancelled
+
+    stops = Cancellations()
+    mine, other = SimpleNamespace(session_hash="a"), SimpleNamespace(session_hash="b")
+    check_mine, check_other = stops.checker(mine), stops.checker(other)
+    time.sleep(0.01)
+    stops.request(mine)
+    with pytest.raises(Cancelled):
+        check_mine()
+    check_other()
+    stops.checker(mine)()  # a job started after the Stop runs
 
 
 def connect(app_server) -> Client:
@@ -243,6 +258,15 @@ def test_train_start_stop_keeps_a_checkpoint(client, app_server):
     assert f"runs/{name}" in ids
     assert "NFE" in sample(client, model=f"runs/{name}")[2]  # a stage-1 model samples from N(0, I)
     assert "no run is going" in error_of(lambda: client.predict(api_name="/train_stop"))
+
+
+def test_train_stage_two_from_a_stage_one_model(client):
+    name = f"api-s2-{int(time.time())}"
+    client.predict(name, "mnist", 2, "checkpoints/tiny-stage1", 10, "tiny", -3, api_name="/train_start")
+    st = wait_for(client, ("stopped", "finished", "failed"))
+    assert st["state"] == "finished", st
+    listed = {m["id"]: m["description"] for m in client.predict(api_name="/models")["models"]}
+    assert "stage 2, step 10" in listed[f"runs/{name}"]
 
 
 @pytest.mark.parametrize("args, expected", [

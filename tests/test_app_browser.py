@@ -67,6 +67,23 @@ def test_sample_tab(page):
     shot(page, "sample")
 
 
+def test_stop_ends_a_long_sampling_run(page, app_server):
+    open_tab(page, "Sample")
+    solver = page.locator("#sample-solver")
+    solver.get_by_label("sde (reverse SDE, Euler-Maruyama, fixed steps)").check()
+    set_slider(page, "sample-steps", 2000)
+    set_slider(page, "sample-num", 64)
+    click(page, "Sample")
+    page.wait_for_selector(":text('network evaluations')")  # the progress of the running job
+    click(page, "Stop")
+    deadline = time.time() + 120
+    while "run stopped by the user" not in app_server.stderr.read_text():
+        assert time.time() < deadline, "the sampling job did not end after Stop"
+        time.sleep(0.5)
+    solver.get_by_label("fast (exponential integrator, fixed steps)").check()  # back to the defaults
+    set_slider(page, "sample-num", 16)
+
+
 def test_trajectory_tab(page):
     open_tab(page, "Trajectory")
     click(page, "Run trajectory")

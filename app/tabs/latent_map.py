@@ -19,6 +19,7 @@ from .. import plots
 from ..common import SLOW, Context, integer, one_of, try_load, user_errors
 from ..images import to_pil
 from ..paths import ASSETS, CLASS_NAMES
+from .sample import STEPS
 
 MAX_POINTS = 10_000
 MAX_SAMPLES = 1000
@@ -111,7 +112,8 @@ class LatentMaps:
             z_fake, fake_thumbs = np.zeros((0, z_real.shape[1]), np.float32), []
             if n_samples:
                 progress(0.3, desc=f"sampling {n_samples} images from the model")
-                result = solvers.sample(model, n_samples, "fast", seed=seed, callback=lambda d: check())
+                result = solvers.sample(model, n_samples, "fast", steps=STEPS["fast"], seed=seed,
+                                        callback=lambda d: check())
                 z_fake = result.z0.flatten(1).float().cpu().numpy()
                 fake_thumbs = [_data_uri(im) for im in result.images]
         y = labels[:n].numpy()

@@ -47,9 +47,9 @@ def progress_callback(progress: gr.Progress, check):
     return report
 
 
-def solver_controls(default_solver: str, default_tol: float):
+def solver_controls(tab: str, default_solver: str, default_tol: float):
     """Solver, tolerance and step controls (shared with Trajectory); the step slider follows the solver."""
-    solver = gr.Radio(SOLVER_CHOICES, value=default_solver, label="Solver")
+    solver = gr.Radio(SOLVER_CHOICES, value=default_solver, label="Solver", elem_id=f"{tab}-solver")
     with gr.Row():
         ode = default_solver == "ode"
         log_atol = gr.Slider(-8, -1, value=default_tol, step=0.5, label="log10 atol", visible=ode,
@@ -57,7 +57,8 @@ def solver_controls(default_solver: str, default_tol: float):
         log_rtol = gr.Slider(-8, -1, value=default_tol, step=0.5, label="log10 rtol", visible=ode,
                              info="relative tolerance 10^x")
         steps = gr.Slider(1, MAX_STEPS, value=STEPS.get(default_solver, STEPS["fast"]), step=1,
-                          label="Steps", info=STEPS_INFO, visible=not ode)
+                          label="Steps", info=STEPS_INFO, visible=not ode,
+                          elem_id=f"{tab}-steps")
 
     def show_relevant(s):
         """Tolerances for the adaptive solver, a step count (reset to the solver's default) for the others."""
@@ -71,12 +72,13 @@ def solver_controls(default_solver: str, default_tol: float):
 
 def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
     with gr.Row():
-        num = gr.Slider(1, MAX_SAMPLES, value=DEFAULTS["num"], step=1, label="Number of samples")
+        num = gr.Slider(1, MAX_SAMPLES, value=DEFAULTS["num"], step=1, label="Number of samples",
+                        elem_id="sample-num")
         seed = gr.Number(DEFAULTS["seed"], precision=0, minimum=0, label="Seed",
                          info="the same seed gives the same images")
         temperature = gr.Slider(0, 1.5, value=DEFAULTS["temperature"], step=0.05, label="Temperature",
                                 info="scale of the starting noise z1; below 1 gives cleaner, less varied images")
-    solver, log_atol, log_rtol, steps = solver_controls(DEFAULTS["solver"], DEFAULTS["log_atol"])
+    solver, log_atol, log_rtol, steps = solver_controls("sample", DEFAULTS["solver"], DEFAULTS["log_atol"])
     with gr.Row():
         override = gr.Checkbox(DEFAULTS["override"], label="Override the learned alpha", scale=1)
         alpha = gr.Slider(0, 1, value=DEFAULTS["alpha"], step=0.01, label="alpha (all channels)", scale=3,

@@ -33,7 +33,7 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         stage = gr.Radio([("1: VAE with a N(0, I) prior", 1), ("2: VAE and SGM prior", 2)], value=1, label="Stage")
         init_from = gr.Dropdown([], label="Start from (stage 2)", info="a stage-1 model", allow_custom_value=True)
     with gr.Row():
-        steps = gr.Slider(10, 20_000, value=500, step=10, label="Training steps", elem_id="train-steps")
+        steps = gr.Slider(10, MAX_STEPS, value=500, step=10, label="Training steps", elem_id="train-steps")
         size = gr.Radio(list(SIZES), value="tiny", label="Network size",
                         info="tiny: seconds per 100 steps on a laptop CPU; base: lsgm_core's defaults")
         log_lr = gr.Slider(-5, -2, value=-3, step=0.25, label="log10 learning rate")

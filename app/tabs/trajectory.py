@@ -19,7 +19,7 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         frames = gr.Slider(3, MAX_FRAMES, value=8, step=1, label="Frames",
                            info="times recorded between t = 1 and t ≈ 0")
         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
-    solver, log_atol, log_rtol, steps = solver_controls("ode", -5)
+    solver, log_atol, log_rtol, steps = solver_controls("trajectory", "ode", -5)
     with gr.Row():
         go = gr.Button("Run trajectory", variant="primary")
         stop = gr.Button("Stop", variant="stop")

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 FORMAT = "lsgm-checkpoint"
 VERSION = 1
 PARTS = ("model", "ema", "train")
+FILES = ("config.json", *(f"{part}.safetensors" for part in PARTS))  # what meta.json may list
 
 
 class CheckpointError(Exception):
@@ -106,7 +107,20 @@ def save_run_checkpoint(run_dir: str | Path, step: int, config: dict,
     old = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if p.name != name)
     for p in old[:max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
+    # what saves killed midway left behind (one writer per run folder: none of it is in use)
+    for p in (run_dir / "checkpoints").glob(".step-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in run_dir.glob(".latest.tmp-*"):
+        p.unlink(missing_ok=True)
     return path
+
+
+def _aside(path: Path) -> Path | None:
+    """The whole copy of `path` that a save killed between its two renames left aside, if any."""
+    for aside in sorted(path.parent.glob(f".{path.name}.old-*")):
+        if (aside / "meta.json").is_file():
+            return aside
+    return None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -115,15 +129,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / "meta.json").is_file():
         return path
     if (path / "latest").is_file():
-        name = (path / "latest").read_text().strip()
+        name = (path / "latest").read_text(errors="replace").strip()
+        if not name or Path(name).name != name or name.startswith("."):
+            raise CheckpointError(f"run folder {path}: `latest` must name a folder of {path / 'checkpoints'}, "
+                                  f"not {name[:80]!r}")
         target = path / "checkpoints" / name
-        if not (target / "meta.json").is_file():
+        if (target / "meta.json").is_file():
+            return target
+        # a save of the same step was killed between its two renames
+        aside = _aside(target)
+        if aside is None:
             raise CheckpointError(f"run folder {path}: `latest` names {name}, which is missing or incomplete "
                                   f"under {path / 'checkpoints'}")
-        return target
-    for aside in sorted(path.parent.glob(f".{path.name}.old-*")):
-        if (aside / "meta.json").is_file():
-            return aside  # a save was interrupted between its two renames
+        return aside
+    aside = _aside(path)
+    if aside is not None:
+        return aside  # a save was interrupted between its two renames
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     raise CheckpointError(f"{path} is not a checkpoint: it has neither meta.json (a checkpoint folder) "
@@ -136,11 +157,17 @@ def read_checkpoint(path: str | Path, parts=("model", "ema")) -> tuple[dict, dic
     meta = _read_json(path / "meta.json")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path / 'meta.json'}: not an {FORMAT} file (format={meta.get('format')!r})")
+    files = meta.get("files", {})
+    if not isinstance(files, dict) or not isinstance(meta.get("version", 0), int):
+        raise CheckpointError(f"{path / 'meta.json'}: malformed (`files` must map file names to SHA-256 "
+                              "digests, `version` must be a whole number)")
     if meta.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {meta['version']} is newer than this "
                               f"lsgm_core understands ({VERSION}); upgrade lsgm_core")
-    files = meta.get("files", {})
     for name, digest in files.items():
+        if name not in FILES:
+            raise CheckpointError(f"{path / 'meta.json'}: lists {str(name)[:80]!r}, which is not a checkpoint "
+                                  f"file ({', '.join(FILES)})")
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{f}: file missing from the checkpoint")
@@ -175,6 +202,12 @@ def _read_json(f: Path) -> dict:
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict with an error that names the file and the mismatched keys or shapes."""
+    check_fit(module, state, source)
+    module.load_state_dict(state)
+
+
+def check_fit(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """A CheckpointError naming the file and the mismatched keys or shapes, unless `state` fits `module`."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -187,7 +220,6 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: 
             f"shape mismatch: {'; '.join(shapes[:3])}" if shapes else ""]))
         raise CheckpointError(f"{source}: weights do not fit this model architecture ({detail}); "
                               "check that config.json matches the weights")
-    module.load_state_dict(state)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
@@ -201,6 +233,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bo
     if "model" not in tensors:
         raise CheckpointError(f"{meta['path']}: has no model.safetensors")
     try:
+        with torch.device("meta"):  # no memory yet: a config.json of a giant model allocates nothing
+            check_fit(build_model(config), tensors["model"], f"{meta['path']}/model.safetensors")
         model = build_model(config)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{meta['path']}/config.json: cannot build a model from it ({e})") from None
@@ -211,10 +245,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bo
     return model.to(device).eval()
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, metrics: dict | None = None) -> Path:
-    """Copy a checkpoint for shipping: weights and EMA only (no optimiser state), metrics merged."""
+def export_checkpoint(src: str | Path, dst: str | Path, metrics: dict | None = None,
+                      fold_ema: bool = False) -> Path:
+    """Copy a checkpoint for shipping: weights and EMA only (no optimiser state), metrics merged.
+
+    `fold_ema` writes the prior's EMA weights into model.safetensors and drops ema.safetensors:
+    the same model for `load_model` at about half the size, without the raw training weights."""
     config, meta, tensors = read_checkpoint(src, parts=("model", "ema"))
     keep = {k: v for k, v in meta.items() if k not in ("files", "format", "version", "path", "optimizers")}
     keep["metrics"] = {**meta.get("metrics", {}), **(metrics or {})}
     keep["exported_from"] = meta["path"]
+    if fold_ema and "ema" in tensors:
+        ema = tensors.pop("ema")
+        tensors["model"] = {**tensors["model"], **{f"prior.{k}": v for k, v in ema.items()}}
+        keep["ema_folded"] = True
     return save_checkpoint(dst, config, tensors, keep)

@@ -50,6 +50,9 @@ DEFAULTS: dict = {
         "max_bad_steps": 20,          # consecutive non-finite losses that stop the run
         "inactive_kl_threshold": 0.1, # stage-2 channels with less KL (nats) get alpha fixed to 0
         "num_threads": None,
+        "precision": "fp32",          # fp32 | bf16 (autocast of the networks on CUDA and CPU)
+        "eval_every": 0,              # every N steps, log the test NELBO bound of eval_images images
+        "eval_images": 1000,
     },
 }
 

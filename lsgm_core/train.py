@@ -36,6 +36,9 @@ class TrainingError(RuntimeError):
     """The run cannot go on (e.g. repeated non-finite losses); the last good checkpoint is kept."""
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def pick_device(name: str | None = None) -> torch.device:
     """`name` if given, else cuda, mps or cpu, whichever is available first."""
     if name:
@@ -96,6 +99,15 @@ def bound_nelbo(model, dataset, stage: int, limit: int = 1000, batch_size: int =
     return total / count
 
 
+def _logged_step(line: str) -> float:
+    """The step of a log.jsonl line; infinity (the line is dropped) for a blank one or one torn by a
+    kill in mid-write."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf
+
+
 class Trainer:
     """One training run, in one process of a (possibly distributed) job."""
 
@@ -133,6 +145,8 @@ class Trainer:
         self.stage = int(t["stage"])
         if self.stage not in (1, 2):
             raise ConfigError(f"train.stage must be 1 or 2, got {t['stage']!r}")
+        if t["precision"] not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t['precision']!r}")
         if t["batch_size"] < self.world:
             raise ConfigError(f"train.batch_size {t['batch_size']} is smaller than the {self.world} processes")
 
@@ -230,8 +244,7 @@ class Trainer:
         log = self.out / "log.jsonl"
         if self.rank != 0 or not log.is_file():
             return
-        keep = [line for line in log.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = [line for line in log.read_text().splitlines() if _logged_step(line) <= step]
         tmp = log.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, log)
@@ -284,7 +297,8 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * self.lr_factor(self.step, group["schedule"])
             opt.zero_grad(set_to_none=True)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+        # bf16 autocast covers the networks only; the losses' closed forms stay in fp32
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if t["precision"] == "bf16"
                     else contextlib.nullcontext())
         with autocast:
             out = (self.ddp or self.model)(x, self.stage, kl)
@@ -386,6 +400,14 @@ class Trainer:
                     if log:
                         log.write(json.dumps(rec) + "\n")
                         log.flush()
+                if (t["eval_every"] and self.step % t["eval_every"] == 0 and self.model.kind == "lsgm"
+                        and log):
+                    # the time-to-quality curve: test NELBO bound against wall time
+                    value = bound_nelbo(self.model_for_eval(), self.test_set, self.stage, limit=t["eval_images"])
+                    log.write(json.dumps({"step": self.step, "test_bound_nelbo": round(value, 3),
+                                          "eval_images": min(t["eval_images"], len(self.test_set)),
+                                          "seconds": round(self.seconds(), 2)}) + "\n")
+                    log.flush()
                 if self.step % t["ckpt_every"] == 0 and self.step < t["max_steps"]:
                     self.save()
         finally:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lsgm_core.checkpoint import load_model, read_checkpoint, save_checkpoint
+from lsgm_core.checkpoint import export_checkpoint, load_model, read_checkpoint, save_checkpoint
 from lsgm_core.config import load_config
 from lsgm_core.data import load_dataset
 from lsgm_core.model import build_model
@@ -83,6 +83,42 @@ def test_checkpoint_round_trip_is_bit_exact(tiny_checkpoints, tmp_path):
     again = load_model(path, use_ema=False)
     assert_equal(again.state_dict(), state)
     assert again.meta["step"] == 7
+
+
+def test_export_keeps_the_model_and_folding_the_ema_halves_the_prior(tiny_checkpoints, tmp_path):
+    """An export (plain, or with the EMA folded into the weights) loads as the same model: same
+    state, same losses for the same seed; the folded one has no ema.safetensors."""
+    reference = load_model(tiny_checkpoints["stage2"])
+    x = torch.rand(8, 1, 32, 32).round()
+    for fold in (False, True):
+        path = export_checkpoint(tiny_checkpoints["stage2"], tmp_path / f"fold-{fold}", {"note": 1}, fold_ema=fold)
+        _, meta, parts = read_checkpoint(path, parts=("model", "ema", "train"))
+        assert set(parts) == ({"model"} if fold else {"model", "ema"}) and meta["metrics"]["note"] == 1
+        model = load_model(path)
+        for k, v in reference.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v), k
+        torch.manual_seed(3)
+        a = reference.losses(x, stage=2)["nelbo"]
+        torch.manual_seed(3)
+        assert torch.equal(model.losses(x, stage=2)["nelbo"], a)
+
+
+def test_bf16_precision_and_periodic_test_evaluation(data_dir, tmp_path):
+    """train.precision = bf16 trains (finite, close to fp32 at the first step, same seed);
+    train.eval_every logs the test bound at those steps; an unknown precision is refused."""
+    first = {}
+    for precision in ("fp32", "bf16"):
+        cfg = _config(train={"max_steps": 4, "precision": precision, "eval_every": 2, "eval_images": 50,
+                             "log_every": 1})
+        Trainer(cfg, tmp_path / precision, data_dir, device="cpu", show_progress=False).train()
+        log = _log(tmp_path / precision)
+        evals = [r for r in log if "test_bound_nelbo" in r]
+        assert [r["step"] for r in evals] == [2, 4] and all(r["eval_images"] == 50 for r in evals)
+        assert all(torch.isfinite(torch.tensor(r["test_bound_nelbo"])) for r in evals)
+        first[precision] = next(r for r in log if "loss" in r)["loss"]
+    assert first["bf16"] != first["fp32"] and abs(first["bf16"] - first["fp32"]) < 0.02 * abs(first["fp32"])
+    with pytest.raises(ValueError, match="train.precision"):
+        Trainer(_config(train={"precision": "fp8"}), tmp_path / "bad", data_dir, device="cpu", show_progress=False)
 
 
 def test_resume_continues_the_loss_curve(data_dir, tmp_path):

@@ -37,6 +37,8 @@ def _describe(path: Path) -> str | None:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):
         return "unreadable meta.json"  # listed, so that picking it explains what is wrong
+    if not isinstance(meta, dict) or not isinstance(meta.get("kind", "lsgm"), str):
+        return "unreadable meta.json"
     if meta.get("kind", "lsgm") not in MODEL_KINDS:
         return None
     parts = [meta.get("kind", "lsgm")]

@@ -4,7 +4,6 @@ Every failure must be a clear error naming what is wrong (CheckpointError, DataE
 TrainingError), the CLI must say "error: ..." and exit non-zero without a traceback, and a run
 stopped by repeated non-finite losses must leave its last good checkpoint loadable.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from faults import rehash
 from lsgm_core.checkpoint import CheckpointError, load_model, read_checkpoint, resolve_checkpoint, save_checkpoint
 from lsgm_core.config import load_config
 from lsgm_core.data import DataError, load_dataset
@@ -83,16 +83,9 @@ def test_missing_meta_and_missing_folder(ckpt, tmp_path):
     assert str(tmp_path / "nowhere") in _load_error(tmp_path / "nowhere")
 
 
-def _rehash(ckpt: Path, name: str) -> None:
-    """Record a replaced file's digest in meta.json, as if it had been saved that way."""
-    meta = json.loads((ckpt / "meta.json").read_text())
-    meta["files"][name] = hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
-    (ckpt / "meta.json").write_text(json.dumps(meta))
-
-
 def test_unreadable_safetensors_with_a_matching_digest(ckpt):
     (ckpt / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
-    _rehash(ckpt, "model.safetensors")
+    rehash(ckpt, "model.safetensors")
     msg = _load_error(ckpt)
     assert str(ckpt / "model.safetensors") in msg and "safetensors" in msg
 
@@ -109,7 +102,7 @@ def test_config_that_builds_no_model(ckpt):
     config = json.loads((ckpt / "config.json").read_text())
     config["model"]["kind"] = "nope"
     (ckpt / "config.json").write_text(json.dumps(config))
-    _rehash(ckpt, "config.json")
+    rehash(ckpt, "config.json")
     msg = _load_error(ckpt)
     assert str(ckpt / "config.json") in msg and "nope" in msg
 

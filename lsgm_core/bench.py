@@ -31,7 +31,6 @@ function and prints its dict as JSON; ConfigError, DataError, CheckpointError an
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import struct
 import sys
@@ -41,9 +40,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_model
-from .config import ConfigError, load_config
-from .data import DataError
+from .checkpoint import load_model
+from .cli import report
+from .config import load_config
 from .solvers import DEFAULT_STEPS, sample
 from .train import Trainer, pick_device
 
@@ -235,13 +234,7 @@ def main(argv=None) -> int:
         add_args(p)
         p.set_defaults(run=run)
     args = ap.parse_args(argv)
-    try:
-        result = args.run(args)
-    except (ConfigError, DataError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result), flush=True)
-    return 0
+    return report(lambda: args.run(args))
 
 
 if __name__ == "__main__":

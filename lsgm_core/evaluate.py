@@ -14,7 +14,6 @@ One JSON line to stdout; progress to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -23,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_model
-from .data import DataError, load_dataset
+from .cli import report
+from .data import load_dataset
 from .likelihood import PROBES, bits_per_dim, data_dims, nelbo
 from .solvers import DEFAULT_STEPS, sample
 from .train import pick_device
@@ -59,55 +59,55 @@ def main(argv=None) -> int:
     ap.add_argument("--fid-steps", type=int, default=DEFAULT_STEPS["fast"], help="fast-solver steps for --fid samples")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = ap.parse_args(argv)
-    try:
-        for name in ("limit", "batch_size", "iw", "fid_steps"):
-            value = getattr(args, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("atol", "rtol"):
-            if not getattr(args, name) > 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
-        device = pick_device(args.device)
-        model = load_model(args.checkpoint, device)
-        if model.kind == "pixel" and args.iw != 1:
-            raise ValueError("--iw applies to LSGM checkpoints; the pixel baseline has no encoder")
-        d = model.config["data"]
-        dataset = load_dataset(d["dataset"], args.split, args.data_dir, image_size=d["image_size"],
-                               channels=d["channels"])
-        n = min(args.limit or len(dataset), len(dataset))
-        gen = torch.Generator().manual_seed(args.seed)
-        totals = {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "sq": 0.0}
-        nfe = 0
-        start = time.perf_counter()
-        batches = torch.arange(n).split(args.batch_size)
-        for idx in tqdm(batches, desc="evaluating", unit="batch", file=sys.stderr, disable=args.no_progress):
-            x, _ = dataset.batch(idx, generator=gen)
-            batch_seed = int(torch.randint(2 ** 62, (1,), generator=gen))
-            out = nelbo(model, x, atol=args.atol, rtol=args.rtol, iw_samples=args.iw, probes=args.probes,
-                        seed=batch_seed)
-            for k in ("nelbo", "recon", "kl"):
-                totals[k] += out[k].sum().item()
-            totals["sq"] += out["nelbo"].pow(2).sum().item()
-            nfe += out["nfe"]
-        mean = {k: totals[k] / n for k in ("nelbo", "recon", "kl")}
-        result = {"checkpoint": model.meta["path"], "kind": model.kind, "dataset": d["dataset"], "split": args.split,
-                  "n": n, "nelbo_nats": mean["nelbo"],
-                  "nelbo_std_err": math.sqrt(max(totals["sq"] / n - mean["nelbo"] ** 2, 0.0) / n),
-                  "bpd": bits_per_dim(mean["nelbo"], data_dims(model)),
-                  "recon_nats": mean["recon"], "kl_nats": mean["kl"], "iw": args.iw, "atol": args.atol,
-                  "rtol": args.rtol, "probes": args.probes, "seed": args.seed, "nfe_per_batch": nfe / len(batches),
-                  "seconds": round(time.perf_counter() - start, 3)}
-        if model.kind == "pixel":
-            result["note"] = "density of continuous pixels in [-1, 1]; not comparable with a discrete NELBO"
-        if args.fid:
-            result["fid"] = compute_fid(model, d["dataset"], args.data_dir, n, args.fid_steps, args.seed,
-                                        args.batch_size)
-            result["fid_samples"] = n
-    except (CheckpointError, DataError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result), flush=True)
-    return 0
+    return report(lambda: evaluate(args))
+
+
+def evaluate(args) -> dict:
+    """The figures of one evaluation, from the parsed CLI arguments."""
+    for name in ("limit", "batch_size", "iw", "fid_steps"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    for name in ("atol", "rtol"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    device = pick_device(args.device)
+    model = load_model(args.checkpoint, device)
+    if model.kind == "pixel" and args.iw != 1:
+        raise ValueError("--iw applies to LSGM checkpoints; the pixel baseline has no encoder")
+    d = model.config["data"]
+    dataset = load_dataset(d["dataset"], args.split, args.data_dir, image_size=d["image_size"],
+                           channels=d["channels"])
+    n = min(args.limit or len(dataset), len(dataset))
+    gen = torch.Generator().manual_seed(args.seed)
+    totals = {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "sq": 0.0}
+    nfe = 0
+    start = time.perf_counter()
+    batches = torch.arange(n).split(args.batch_size)
+    for idx in tqdm(batches, desc="evaluating", unit="batch", file=sys.stderr, disable=args.no_progress):
+        x, _ = dataset.batch(idx, generator=gen)
+        batch_seed = int(torch.randint(2 ** 62, (1,), generator=gen))
+        out = nelbo(model, x, atol=args.atol, rtol=args.rtol, iw_samples=args.iw, probes=args.probes,
+                    seed=batch_seed)
+        for k in ("nelbo", "recon", "kl"):
+            totals[k] += out[k].sum().item()
+        totals["sq"] += out["nelbo"].pow(2).sum().item()
+        nfe += out["nfe"]
+    mean = {k: totals[k] / n for k in ("nelbo", "recon", "kl")}
+    result = {"checkpoint": model.meta["path"], "kind": model.kind, "dataset": d["dataset"], "split": args.split,
+              "n": n, "nelbo_nats": mean["nelbo"],
+              "nelbo_std_err": math.sqrt(max(totals["sq"] / n - mean["nelbo"] ** 2, 0.0) / n),
+              "bpd": bits_per_dim(mean["nelbo"], data_dims(model)),
+              "recon_nats": mean["recon"], "kl_nats": mean["kl"], "iw": args.iw, "atol": args.atol,
+              "rtol": args.rtol, "probes": args.probes, "seed": args.seed, "nfe_per_batch": nfe / len(batches),
+              "seconds": round(time.perf_counter() - start, 3)}
+    if model.kind == "pixel":
+        result["note"] = "density of continuous pixels in [-1, 1]; not comparable with a discrete NELBO"
+    if args.fid:
+        result["fid"] = compute_fid(model, d["dataset"], args.data_dir, n, args.fid_steps, args.seed,
+                                    args.batch_size)
+        result["fid_samples"] = n
+    return result
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Progress goes to stderr, one JSON line with nfe, seconds, num, solver to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -18,7 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import load_model
+from .cli import report
 from .solvers import DEFAULT_STEPS, SOLVERS, sample
 from .train import pick_device
 
@@ -77,37 +77,36 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, help="samples per solve (default: all at once)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = ap.parse_args(argv)
-    try:
-        if args.num <= 0:
-            raise ValueError(f"--num must be positive, got {args.num}")
-        if args.batch_size is not None and args.batch_size <= 0:
-            raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-        if args.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-        if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
-            raise ValueError(f"--alpha must lie in [0, 1], got {args.alpha}")
-        kw = solver_kwargs(args)
-        device = pick_device(args.device)
-        model = load_model(args.checkpoint, device)
-        with tqdm(desc=f"sampling ({args.solver})", unit="nfe", file=sys.stderr, disable=args.no_progress,
-                  dynamic_ncols=True) as bar:
-            result = sample(model, args.num, args.solver, alpha=args.alpha, temperature=args.temperature,
-                            seed=args.seed, batch_size=args.batch_size, callback=progress_callback(bar), **kw)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
-            np.savez(f, images=images_to_uint8(result.images), z0=result.z0.cpu().numpy())
-        os.replace(tmp, out)
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({"checkpoint": model.meta["path"], "kind": model.kind, "out": str(out), "num": args.num,
-                      "solver": args.solver, **kw,
-                      "nfe": result.nfe, "seconds": round(result.seconds, 4), "seed": args.seed,
-                      "temperature": args.temperature, "alpha": args.alpha, "device": str(device),
-                      "images_shape": list(result.images.shape)}), flush=True)
-    return 0
+    return report(lambda: draw(args))
+
+
+def draw(args) -> dict:
+    """Sample as the CLI's arguments say, write the .npz and return the figures."""
+    if args.num <= 0:
+        raise ValueError(f"--num must be positive, got {args.num}")
+    if args.batch_size is not None and args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must lie in [0, 1], got {args.alpha}")
+    kw = solver_kwargs(args)
+    device = pick_device(args.device)
+    model = load_model(args.checkpoint, device)
+    with tqdm(desc=f"sampling ({args.solver})", unit="nfe", file=sys.stderr, disable=args.no_progress,
+              dynamic_ncols=True) as bar:
+        result = sample(model, args.num, args.solver, alpha=args.alpha, temperature=args.temperature,
+                        seed=args.seed, batch_size=args.batch_size, callback=progress_callback(bar), **kw)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
+        np.savez(f, images=images_to_uint8(result.images), z0=result.z0.cpu().numpy())
+    os.replace(tmp, out)
+    return {"checkpoint": model.meta["path"], "kind": model.kind, "out": str(out), "num": args.num,
+            "solver": args.solver, **kw, "nfe": result.nfe, "seconds": round(result.seconds, 4), "seed": args.seed,
+            "temperature": args.temperature, "alpha": args.alpha, "device": str(device),
+            "images_shape": list(result.images.shape)}
 
 
 if __name__ == "__main__":

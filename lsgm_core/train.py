@@ -27,8 +27,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_state, read_checkpoint, resolve_checkpoint, save_run_checkpoint
+from .cli import report
 from .config import ConfigError, load_config, merge
-from .data import DataError, load_dataset
+from .data import load_dataset
 from .model import build_model
 
 
@@ -467,7 +468,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bar on stderr")
     args = ap.parse_args(argv)
-    try:
+    def run() -> dict | None:
         overrides = parse_overrides(args.set)
         if args.max_steps is not None:
             if args.max_steps <= 0:
@@ -476,16 +477,13 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, overrides)
         trainer = Trainer(cfg, args.out, args.data_dir, args.device, args.resume, not args.no_progress, overrides)
         result = trainer.train()
-    except (ConfigError, DataError, CheckpointError, TrainingError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return result if trainer.rank == 0 else None
+
+    try:
+        return report(run, (TrainingError,))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if trainer.rank == 0:
-        print(json.dumps(result), flush=True)
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

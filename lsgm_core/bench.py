@@ -18,6 +18,11 @@ samples with the adaptive ODE at atol = rtol = 1e-5 and 1e-3, the reverse SDE an
 after one untimed warm-up call; with --baseline (the pixel-space model) the same runs are timed for
 it and `speedup` gives baseline / model, in wall time and in NFE, run by run.
 
+    python -m lsgm_core.bench quality --checkpoint A [--runs ode:1e-5 fast:10 sde:1000 ...] [--num 10000]
+
+`quality` draws --num samples (seed 0) with each solver setting and gives its FID against as many
+test images (lsgm_core.features), its NFE per solve and wall time: what each solver's cost buys.
+
     python -m lsgm_core.bench app [--checkpoint PATH] [--clicks N] [--map-points N] [--device D]
 
 `app` launches `python -m app` and times it as a user meets it (app/bench.py): cold start to the
@@ -31,6 +36,7 @@ function and prints its dict as JSON; ConfigError, DataError, CheckpointError an
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import struct
 import sys
@@ -199,6 +205,60 @@ def bench_sampling(args) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------- quality
+
+def parse_solver_run(spec: str) -> dict:
+    """"ode:1e-5" (atol = rtol), "fast:10" or "sde:1000" (steps) -> sample() options."""
+    solver, _, value = spec.partition(":")
+    try:
+        if solver == "ode":
+            tol = float(value)
+            if tol > 0:
+                return {"solver": "ode", "atol": tol, "rtol": tol}
+        elif solver in ("fast", "sde") and int(value) > 0:
+            return {"solver": solver, "steps": int(value)}
+    except ValueError:
+        pass
+    raise ValueError(f"solver run {spec!r}: write ode:TOL (TOL > 0), fast:STEPS or sde:STEPS (STEPS > 0)")
+
+
+def add_quality_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the model (an LSGM or pixel checkpoint or run folder)")
+    p.add_argument("--runs", nargs="+", default=["ode:1e-5", "ode:1e-3", "fast:5", "fast:10", "fast:20", "sde:1000"],
+                   help="solver settings: ode:TOL, fast:STEPS, sde:STEPS (default: %(default)s)")
+    p.add_argument("--num", type=int, default=10000, help="samples per setting, and test images (default 10000)")
+    p.add_argument("--batch-size", type=int, default=2500, help="samples per solve (default 2500)")
+    p.add_argument("--data-dir", help="data folder, only where the test statistics are not shipped")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def bench_quality(args) -> dict:
+    """Sample quality (FID against the test set) of each solver setting, with its NFE and wall time."""
+    from .features import fid_against_test_set
+
+    runs = {spec: parse_solver_run(spec) for spec in args.runs}
+    if args.num < 2 or args.batch_size < 1:
+        raise ValueError("--num must be at least 2 and --batch-size positive")
+    device = pick_device(args.device)
+    model = load_model(args.checkpoint, device)
+    dataset = model.config["data"]["dataset"]
+    result = {"bench": "quality", "checkpoint": model.meta["path"], "dataset": dataset, "num": args.num,
+              "device": str(device), "torch": torch.__version__, "runs": {}}
+    for spec, kw in runs.items():
+        kw = dict(kw)
+        _sync(device)
+        start = time.perf_counter()
+        out = sample(model, args.num, kw.pop("solver"), seed=args.seed, batch_size=args.batch_size, **kw)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        fid = fid_against_test_set(out.images.cpu(), dataset, args.data_dir, n=args.num, seed=args.seed)
+        result["runs"][spec] = {"nfe_per_batch": out.nfe / -(-args.num // args.batch_size),
+                                "seconds": round(seconds, 3), "fid": round(fid, 3)}
+        print(json.dumps({spec: result["runs"][spec]}), file=sys.stderr, flush=True)
+    return result
+
+
 # --------------------------------------------------------------------------- app
 # The app's benchmark lives with the app (app/bench.py, also `python -m app.bench`); imported only
 # here, in the functions, so that lsgm_core itself never needs gradio.
@@ -221,6 +281,7 @@ def bench_app(args) -> dict:
 COMMANDS = {
     "train": (add_train_args, bench_train),
     "sampling": (add_sampling_args, bench_sampling),
+    "quality": (add_quality_args, bench_quality),
     "app": (add_app_args, bench_app),
 }
 

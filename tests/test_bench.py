@@ -51,3 +51,20 @@ def test_subcommands_are_registered():
     for name, (add_args, run) in bench.COMMANDS.items():
         assert callable(add_args) and callable(run), name
     assert "train" in bench.COMMANDS
+
+
+def test_quality_bench_gives_fid_nfe_and_time_per_solver(capsys, tiny_checkpoints, data_dir):
+    rc, result, err = _run(capsys, "quality", "--checkpoint", str(tiny_checkpoints["stage2"]), "--num", "12",
+                           "--batch-size", "6", "--runs", "fast:3", "ode:1e-2", "--device", "cpu",
+                           "--data-dir", str(data_dir))
+    assert rc == 0 and result["bench"] == "quality" and result["num"] == 12
+    assert list(result["runs"]) == ["fast:3", "ode:1e-2"]
+    assert result["runs"]["fast:3"]["nfe_per_batch"] == 3
+    assert all(r["fid"] > 0 and r["seconds"] > 0 for r in result["runs"].values())
+    assert '{"fast:3"' in err  # each setting is reported on stderr as it finishes
+
+
+@pytest.mark.parametrize("spec", ["ode:0", "ode:abc", "fast:0", "sde:-3", "rk4:10", "fast"])
+def test_quality_bench_refuses_bad_solver_runs(capsys, spec):
+    rc, result, err = _run(capsys, "quality", "--checkpoint", "checkpoints/lsgm-bmnist", "--runs", spec)
+    assert rc == 2 and result is None and spec in err and "ode:TOL" in err

@@ -14,13 +14,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from app.paths import ASSETS  # noqa: E402
+from app.paths import ASSETS, CHECKPOINTS  # noqa: E402
+from lsgm_core import load_model  # noqa: E402
 
 MODEL = "checkpoints/tiny-lsgm"
 EXAMPLE_A = ASSETS / "examples" / "mnist-3-0.png"
@@ -53,8 +55,8 @@ def client(app_server):
 
 
 def sample(client, model=MODEL, num=4, seed=0, temperature=1.0, solver="fast", log_atol=-5, log_rtol=-5,
-           steps=5, override=False, alpha=1.0):
-    return client.predict(model, num, seed, temperature, solver, log_atol, log_rtol, steps, override, alpha,
+           steps=5, alpha_scale=1.0):
+    return client.predict(model, num, seed, temperature, solver, log_atol, log_rtol, steps, alpha_scale,
                           api_name="/sample")
 
 
@@ -87,9 +89,26 @@ def test_sample_fast_gives_a_grid_and_its_cost(client):
     assert "NFE 6" in stats and " s**" in stats
 
 
-def test_sample_ode_and_alpha_override(client):
-    _, _, stats = sample(client, num=2, solver="ode", log_atol=-3, log_rtol=-3, override=True, alpha=0.0)
-    assert "solver **ode**" in stats and "alpha 0.00" in stats
+def test_sample_ode_and_alpha_scale(client):
+    _, _, stats = sample(client, num=2, solver="ode", log_atol=-3, log_rtol=-3, alpha_scale=0.0)
+    assert "solver **ode**" in stats and "alpha 0 × learned" in stats
+
+
+def test_alpha_control_scales_the_learned_alpha_of_active_channels():
+    """The alpha control goes from 0 (N(0, I)) through the learned per-channel alpha (1) and beyond;
+    its help text gives the active channels' alphas, not a mean dragged to ~0 by the inactive ones
+    (the shipped model has 2 active latent channels of 16)."""
+    from app.tabs.sample import alpha_summary, scaled_alpha
+
+    model = load_model(CHECKPOINTS / "lsgm-bmnist")
+    learned, active = model.prior.alpha().detach(), model.prior.active > 0
+    assert scaled_alpha(model, 1.0) is None  # exactly the model as trained
+    assert not scaled_alpha(model, 0.0).any()
+    double = scaled_alpha(model, 2.0)
+    assert torch.allclose(double, 2 * learned) and not double[~active].any()
+    summary, shown = alpha_summary(model), learned[active]
+    assert f"on {len(shown)} active latent channels of {len(learned)}" in summary
+    assert f"{shown.min():.3f}" in summary and f"{shown.max():.3f}" in summary
 
 
 def test_same_seed_same_images(client):
@@ -105,8 +124,8 @@ def test_same_seed_same_images(client):
     ({"solver": "euler"}, "euler"),
     ({"solver": "ode", "log_atol": 0}, "maximum"),  # tolerance 1
     ({"steps": 0}, "minimum"),
-    ({"override": True, "alpha": 1.5}, "maximum"),
-    ({"override": True, "alpha": -0.1}, "minimum"),
+    ({"alpha_scale": 2.5}, "maximum"),
+    ({"alpha_scale": -0.1}, "minimum"),
     ({"temperature": -1}, "minimum"),
     ({"seed": -5}, "minimum"),
     ({"model": "../../../../etc/passwd"}, "unknown model"),

@@ -155,6 +155,8 @@ def test_latent_map_tab_with_hover(page):
 
 def test_train_tab_start_stop_and_picker(page):
     open_tab(page, "Train")
+    # stage 2 has a sensible start: the first stage-1 model in the picker
+    assert page.locator("#train-init input").input_value() == "checkpoints/tiny-stage1"
     name = f"browser-{int(time.time())}"
     page.locator("#train-name textarea, #train-name input").first.fill(name)
     set_slider(page, "train-steps", 5000)

@@ -31,7 +31,8 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         dataset = gr.Dropdown(list(DATASETS), value="binarized-mnist", label="Data set",
                               info="stage 2 keeps the data set of its stage-1 model")
         stage = gr.Radio([("1: VAE with a N(0, I) prior", 1), ("2: VAE and SGM prior", 2)], value=1, label="Stage")
-        init_from = gr.Dropdown([], label="Start from (stage 2)", info="a stage-1 model", allow_custom_value=True)
+        init_from = gr.Dropdown([], label="Start from (stage 2)", elem_id="train-init", allow_custom_value=True,
+                                info="a stage-1 model (the first one listed, unless you pick another)")
     with gr.Row():
         steps = gr.Slider(10, MAX_STEPS, value=500, step=10, label="Training steps", elem_id="train-steps")
         size = gr.Radio(list(SIZES), value="tiny", label="Network size",
@@ -87,3 +88,9 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
     gr.on([timer.tick, demo.load, status_json.change], show, [status_json, seen],
           [status, curve, picker, init_from, seen], api_visibility="private", queue=False)
     demo.load(lambda: f"run-{time.strftime('%m%d-%H%M%S')}", None, name, api_visibility="private", queue=False)
+
+    def default_init():
+        choices = stage1_models()
+        return gr.update(choices=choices, value=choices[0] if choices else None)
+
+    demo.load(default_init, None, init_from, api_visibility="private", queue=False)

@@ -111,6 +111,14 @@ def test_alpha_control_scales_the_learned_alpha_of_active_channels():
     assert f"{shown.min():.3f}" in summary and f"{shown.max():.3f}" in summary
 
 
+def test_latent_map_names_the_space_it_maps():
+    """The pixel baseline has no encoder: its map places pixels, and says so."""
+    from app.tabs.latent_map import space_name
+
+    assert space_name(load_model(CHECKPOINTS / "lsgm-bmnist")) == "z0 means"
+    assert space_name(load_model(CHECKPOINTS / "sgm-bmnist-pixel")).startswith("pixels")
+
+
 def test_same_seed_same_images(client):
     a, b = sample(client, seed=7)[0], sample(client, seed=7)[0]
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
@@ -234,7 +242,7 @@ def test_latent_map_small(client):
     data = json.loads(fig["plot"])["data"]
     thumbs = [p for trace in data for p in trace["customdata"]]  # one image per point
     assert len(thumbs) == 220 and all(p.startswith("data:image/png;base64,") for p in thumbs)
-    assert "Linear probe" in stats
+    assert "Linear probe on z0 means" in stats and "UMAP of z0 means" in json.loads(fig["plot"])["layout"]["title"]["text"]
     rows = list(csv.DictReader(open(csv_path)))
     assert len(rows) == 220 and {r["kind"] for r in rows} == {"data", "sample"}
     first = time.perf_counter() - start

@@ -52,6 +52,10 @@ def _data_uri(image: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def space_name(model) -> str:
+    """What the map places: the encoder's z0 means, or for the pixel baseline (no encoder) the pixels."""
+    return "z0 means" if model.kind == "lsgm" else "pixels (the pixel-space model has no encoder)"
+
 class LatentMaps:
     """Maps computed so far (the most recent few), and the real images with their hover thumbnails."""
 
@@ -117,18 +121,20 @@ class LatentMaps:
                 z_fake = result.z0.flatten(1).float().cpu().numpy()
                 fake_thumbs = [_data_uri(im) for im in result.images]
         y = labels[:n].numpy()
-        progress(0.45, desc="linear probe on z0")
+        space = space_name(model)
+        progress(0.45, desc=f"linear probe on {space}")
         accuracy = self.probe(z_real, y)
         check()
         progress(0.6, desc=f"UMAP of {n} points")
         xy_real, xy_fake = self.umap(z_real, z_fake)
         names = CLASS_NAMES[dataset]
-        title = f"UMAP of z0 means: {n} {dataset} test images, {len(z_fake)} model samples (black x)"
+        title = f"UMAP of {space}: {n} {dataset} test images, {len(z_fake)} model samples (black x)"
         fig = plots.latent_map(xy_real, y, names, thumbs[:n], xy_fake, fake_thumbs, title)
         rows = ["kind,index,label,class,umap_x,umap_y"]
         rows += [f"data,{i},{y[i]},{names[y[i]]},{x:.5f},{v:.5f}" for i, (x, v) in enumerate(xy_real)]
         rows += [f"sample,{i},,,{x:.5f},{v:.5f}" for i, (x, v) in enumerate(xy_fake)]
-        out = {"figure": fig, "accuracy": accuracy, "csv": "\n".join(rows) + "\n", "n": n, "source": source}
+        out = {"figure": fig, "accuracy": accuracy, "csv": "\n".join(rows) + "\n", "n": n, "source": source,
+               "space": space}
         with self._lock:
             self._maps[key] = out
             while len(self._maps) > _CACHE_SIZE:
@@ -212,7 +218,7 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
                            integer("model samples", samples, 0, MAX_SAMPLES), integer("seed", seed, 0, 2**31 - 1),
                            ctx.cancellations.checker(request), progress)
         csv = ctx.outputs.text(out["csv"], "latent-map", ".csv")
-        text = (f"**Linear probe on z0 means: {out['accuracy']:.1%}** test accuracy (logistic regression, "
+        text = (f"**Linear probe on {out['space']}: {out['accuracy']:.1%}** test accuracy (logistic regression, "
                 f"trained on 80% of the {out['n']} images, tested on the rest; chance 10%) · "
                 f"images from the {out['source']}" + (" · from the cache" if out["cached"] else ""))
         return out["figure"], text, csv

@@ -167,17 +167,23 @@ def _sampling_runs(args) -> dict[str, dict]:
             f"fast_{args.fast_steps}steps": {"solver": "fast", "steps": args.fast_steps}}
 
 
+def _timed_sample(model, device: torch.device, num: int, options: dict, **kw):
+    """sample() with `options` ({"solver": ..., solver settings}) and its wall time, device work included."""
+    options = dict(options)
+    _sync(device)
+    start = time.perf_counter()
+    result = sample(model, num, options.pop("solver"), **options, **kw)
+    _sync(device)
+    return result, time.perf_counter() - start
+
+
 def _time_sampling(model, device: torch.device, args) -> dict:
     out = {}
     sample(model, 2, "fast", steps=2, seed=args.seed)  # warm-up: first-call allocations, lazy init
     for num in args.sizes:
-        for label, kw in _sampling_runs(args).items():
-            kw = dict(kw)
-            _sync(device)
-            start = time.perf_counter()
-            result = sample(model, num, kw.pop("solver"), seed=args.seed, **kw)
-            _sync(device)
-            out.setdefault(str(num), {})[label] = {"nfe": result.nfe, "seconds": round(time.perf_counter() - start, 4)}
+        for label, options in _sampling_runs(args).items():
+            result, seconds = _timed_sample(model, device, num, options, seed=args.seed)
+            out.setdefault(str(num), {})[label] = {"nfe": result.nfe, "seconds": round(seconds, 4)}
     return out
 
 
@@ -245,13 +251,8 @@ def bench_quality(args) -> dict:
     dataset = model.config["data"]["dataset"]
     result = {"bench": "quality", "checkpoint": model.meta["path"], "dataset": dataset, "num": args.num,
               "device": str(device), "torch": torch.__version__, "runs": {}}
-    for spec, kw in runs.items():
-        kw = dict(kw)
-        _sync(device)
-        start = time.perf_counter()
-        out = sample(model, args.num, kw.pop("solver"), seed=args.seed, batch_size=args.batch_size, **kw)
-        _sync(device)
-        seconds = time.perf_counter() - start
+    for spec, options in runs.items():
+        out, seconds = _timed_sample(model, device, args.num, options, seed=args.seed, batch_size=args.batch_size)
         fid = fid_against_test_set(out.images.cpu(), dataset, args.data_dir, n=args.num, seed=args.seed)
         result["runs"][spec] = {"nfe_per_batch": out.nfe / -(-args.num // args.batch_size),
                                 "seconds": round(seconds, 3), "fid": round(fid, 3)}

@@ -468,6 +468,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bar on stderr")
     args = ap.parse_args(argv)
+
     def run() -> dict | None:
         overrides = parse_overrides(args.set)
         if args.max_steps is not None:
@@ -484,6 +485,7 @@ def main(argv=None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,6 +11,7 @@ from lsgm_core.train import bound_nelbo
 
 CHECKPOINTS = Path(__file__).parents[1] / "checkpoints"
 SHIPPED = sorted(p.name for p in CHECKPOINTS.iterdir() if (p / "meta.json").is_file())
+DEFAULT = (CHECKPOINTS / "DEFAULT").read_text().strip()
 DATASET = {"lsgm-fmnist": "fashion-mnist"}
 # README, "Results": the training bound of the default model on the first 500 binarized-MNIST test
 # images (binarisation, z0 and t draws seeded with 0), measured on this project's CPU.
@@ -19,7 +20,7 @@ DEFAULT_BOUND_500, MARGIN = 81.977, 0.5
 
 def test_every_model_folder_is_tested():
     assert {"lsgm-bmnist-large", "lsgm-bmnist", "vae-bmnist-stage1", "lsgm-fmnist", "sgm-bmnist-pixel"} <= set(SHIPPED)
-    assert (CHECKPOINTS / "DEFAULT").read_text().strip() in SHIPPED
+    assert DEFAULT in SHIPPED
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -38,7 +39,7 @@ def test_shipped_model_samples_and_encodes(name, data_dir):
 
 
 def test_default_model_encodes_through_the_ode_and_back(data_dir):
-    model = load_model(CHECKPOINTS / (CHECKPOINTS / "DEFAULT").read_text().strip())
+    model = load_model(CHECKPOINTS / DEFAULT)
     x, _ = load_dataset("binarized-mnist", "test", data_dir).batch(torch.arange(1))
     with torch.no_grad():
         mu, _ = model.encode(x)
@@ -50,8 +51,7 @@ def test_default_model_encodes_through_the_ode_and_back(data_dir):
 
 
 def test_default_model_nelbo_regression(data_dir):
-    name = (CHECKPOINTS / "DEFAULT").read_text().strip()
-    model = load_model(CHECKPOINTS / name)
+    model = load_model(CHECKPOINTS / DEFAULT)
     test = load_dataset("binarized-mnist", "test", data_dir)
     value = bound_nelbo(model, test, stage=2, limit=500, batch_size=250, seed=0)
-    assert abs(value - DEFAULT_BOUND_500) < MARGIN, (name, value)
+    assert abs(value - DEFAULT_BOUND_500) < MARGIN, (DEFAULT, value)

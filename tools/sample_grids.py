@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from app.images import grid  # noqa: E402
+from app.paths import ASSETS, CHECKPOINTS  # noqa: E402
 from lsgm_core import load_model  # noqa: E402
 from lsgm_core.solvers import sample  # noqa: E402
 
@@ -22,11 +23,11 @@ def main() -> None:
     ap.add_argument("--solver", default="fast", choices=("fast", "ode", "sde"))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--num", type=int, default=64)
-    ap.add_argument("--out", default=str(ROOT / "assets" / "samples"))
+    ap.add_argument("--out", default=str(ASSETS / "samples"))
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for folder in sorted((ROOT / "checkpoints").iterdir()):
+    for folder in sorted(CHECKPOINTS.iterdir()):
         if not (folder / "meta.json").is_file():
             continue
         model = load_model(folder)

@@ -10,13 +10,14 @@ the process's peak resident set size, which only grows, so stage 2's figure incl
 Without --data-dir it runs on synthetic images written as IDX files to a temporary folder, so it
 needs no download and the numbers do not depend on the data.
 
-    python -m lsgm_core.bench sampling --checkpoint A [--baseline B] [--sizes 16 256] [--sde-steps N]
-                                       [--fast-steps N] [--device D]
+    python -m lsgm_core.bench sampling --checkpoint A [--baseline B] [--sizes 16 256]
+                                       [--runs ode:1e-5 fast:10 ...] [--repeats R] [--device D]
 
 `sampling` times lsgm_core.solvers.sample (network, solver and decoding; seed 0) for each number of
-samples with the adaptive ODE at atol = rtol = 1e-5 and 1e-3, the reverse SDE and the fast solver,
-after one untimed warm-up call; with --baseline (the pixel-space model) the same runs are timed for
-it and `speedup` gives baseline / model, in wall time and in NFE, run by run.
+samples and solver setting (default: the adaptive ODE at atol = rtol = 1e-5 and 1e-3, the reverse
+SDE with 1000 steps, the fast solver with 20 and 10), after one untimed warm-up call, keeping the
+best of --repeats timings; with --baseline (the pixel-space model) the same runs are timed for it
+and `speedup` gives baseline / model, in wall time and in NFE, run by run.
 
     python -m lsgm_core.bench quality --checkpoint A [--runs ode:1e-5 fast:10 sde:1000 ...] [--num 10000]
 
@@ -49,7 +50,7 @@ import torch
 from .checkpoint import load_model
 from .cli import report
 from .config import load_config
-from .solvers import DEFAULT_STEPS, sample
+from .solvers import sample
 from .train import Trainer, pick_device
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "bmnist.toml"
@@ -149,70 +150,6 @@ def bench_train(args) -> dict:
 
 # --------------------------------------------------------------------------- sampling
 
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="the model to time (an LSGM checkpoint or run folder)")
-    p.add_argument("--baseline", help="a second checkpoint (the pixel baseline) to time the same way and compare")
-    p.add_argument("--sizes", type=int, nargs="+", default=[16, 256], help="numbers of samples (default 16 256)")
-    p.add_argument("--sde-steps", type=int, default=DEFAULT_STEPS["sde"], help="Euler-Maruyama steps")
-    p.add_argument("--fast-steps", type=int, default=DEFAULT_STEPS["fast"], help="fast-solver steps")
-    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def _sampling_runs(args) -> dict[str, dict]:
-    """Label -> sample() options of every timed configuration."""
-    return {"ode_tol1e-05": {"solver": "ode", "atol": 1e-5, "rtol": 1e-5},
-            "ode_tol1e-03": {"solver": "ode", "atol": 1e-3, "rtol": 1e-3},
-            f"sde_{args.sde_steps}steps": {"solver": "sde", "steps": args.sde_steps},
-            f"fast_{args.fast_steps}steps": {"solver": "fast", "steps": args.fast_steps}}
-
-
-def _timed_sample(model, device: torch.device, num: int, options: dict, **kw):
-    """sample() with `options` ({"solver": ..., solver settings}) and its wall time, device work included."""
-    options = dict(options)
-    _sync(device)
-    start = time.perf_counter()
-    result = sample(model, num, options.pop("solver"), **options, **kw)
-    _sync(device)
-    return result, time.perf_counter() - start
-
-
-def _time_sampling(model, device: torch.device, args) -> dict:
-    out = {}
-    sample(model, 2, "fast", steps=2, seed=args.seed)  # warm-up: first-call allocations, lazy init
-    for num in args.sizes:
-        for label, options in _sampling_runs(args).items():
-            result, seconds = _timed_sample(model, device, num, options, seed=args.seed)
-            out.setdefault(str(num), {})[label] = {"nfe": result.nfe, "seconds": round(seconds, 4)}
-    return out
-
-
-def bench_sampling(args) -> dict:
-    """NFE and wall time of every sampler for 16 and 256 samples, and the speed-up over a baseline."""
-    if min(args.sizes) < 1 or args.sde_steps < 1 or args.fast_steps < 1:
-        raise ValueError("--sizes, --sde-steps and --fast-steps must be positive")
-    device = pick_device(args.device)
-    result = {"bench": "sampling", "device": str(device), "torch": torch.__version__,
-              "threads": torch.get_num_threads()}
-    for role, path in (("model", args.checkpoint), ("baseline", args.baseline)):
-        if path is None:
-            continue
-        model = load_model(path, device)
-        result[role] = {"checkpoint": model.meta["path"], "kind": model.kind, "shape": list(model.latent_shape),
-                        "params_prior": sum(p.numel() for p in model.prior.parameters()),
-                        "runs": _time_sampling(model, device, args)}
-    if args.baseline is not None:
-        # how many times faster the model is than the baseline (> 1: the model is faster)
-        result["speedup"] = {
-            num: {label: {"seconds": round(b["seconds"] / max(m["seconds"], 1e-4), 2),
-                          "nfe": round(b["nfe"] / m["nfe"], 2)}
-                  for label, m in runs.items() for b in [result["baseline"]["runs"][num][label]]}
-            for num, runs in result["model"]["runs"].items()}
-    return result
-
-
-# --------------------------------------------------------------------------- quality
-
 def parse_solver_run(spec: str) -> dict:
     """"ode:1e-5" (atol = rtol), "fast:10" or "sde:1000" (steps) -> sample() options."""
     solver, _, value = spec.partition(":")
@@ -227,6 +164,66 @@ def parse_solver_run(spec: str) -> dict:
         pass
     raise ValueError(f"solver run {spec!r}: write ode:TOL (TOL > 0), fast:STEPS or sde:STEPS (STEPS > 0)")
 
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the model to time (an LSGM checkpoint or run folder)")
+    p.add_argument("--baseline", help="a second checkpoint (the pixel baseline) to time the same way and compare")
+    p.add_argument("--sizes", type=int, nargs="+", default=[16, 256], help="numbers of samples (default 16 256)")
+    p.add_argument("--runs", nargs="+", default=["ode:1e-5", "ode:1e-3", "sde:1000", "fast:20", "fast:10"],
+                   help="solver settings: ode:TOL, fast:STEPS, sde:STEPS (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="time each run this many times and keep the best (default 1)")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _timed_sample(model, device: torch.device, num: int, options: dict, **kw):
+    """sample() with `options` ({"solver": ..., solver settings}) and its wall time, device work included."""
+    options = dict(options)
+    _sync(device)
+    start = time.perf_counter()
+    result = sample(model, num, options.pop("solver"), **options, **kw)
+    _sync(device)
+    return result, time.perf_counter() - start
+
+
+def _time_sampling(model, device: torch.device, runs: dict[str, dict], args) -> dict:
+    out = {}
+    sample(model, 2, "fast", steps=2, seed=args.seed)  # warm-up: first-call allocations, lazy init
+    for num in args.sizes:
+        for spec, options in runs.items():
+            timings = [_timed_sample(model, device, num, options, seed=args.seed) for _ in range(args.repeats)]
+            out.setdefault(str(num), {})[spec] = {"nfe": timings[0][0].nfe,
+                                                  "seconds": round(min(s for _, s in timings), 4)}
+    return out
+
+
+def bench_sampling(args) -> dict:
+    """NFE and wall time of every sampler for 16 and 256 samples, and the speed-up over a baseline."""
+    runs = {spec: parse_solver_run(spec) for spec in args.runs}
+    if min(args.sizes) < 1 or args.repeats < 1:
+        raise ValueError("--sizes and --repeats must be positive")
+    device = pick_device(args.device)
+    result = {"bench": "sampling", "device": str(device), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "repeats": args.repeats}
+    for role, path in (("model", args.checkpoint), ("baseline", args.baseline)):
+        if path is None:
+            continue
+        model = load_model(path, device)
+        result[role] = {"checkpoint": model.meta["path"], "kind": model.kind, "shape": list(model.latent_shape),
+                        "params_prior": sum(p.numel() for p in model.prior.parameters()),
+                        "runs": _time_sampling(model, device, runs, args)}
+    if args.baseline is not None:
+        # how many times faster the model is than the baseline (> 1: the model is faster)
+        result["speedup"] = {
+            num: {label: {"seconds": round(b["seconds"] / max(m["seconds"], 1e-4), 2),
+                          "nfe": round(b["nfe"] / m["nfe"], 2)}
+                  for label, m in runs.items() for b in [result["baseline"]["runs"][num][label]]}
+            for num, runs in result["model"]["runs"].items()}
+    return result
+
+
+# --------------------------------------------------------------------------- quality
 
 def add_quality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="the model (an LSGM or pixel checkpoint or run folder)")

@@ -27,11 +27,12 @@ def _own_temp_dirs(tmp_path_factory):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
-def _train(config: dict, out: Path, data_dir: Path) -> Path:
+def _train(config: dict, out: Path, data_dir: Path, name: str = "smoke.toml") -> Path:
+    """Train configs/<name> with `config` merged in, on the CPU; the final checkpoint's path."""
     from lsgm_core.config import load_config
     from lsgm_core.train import Trainer
 
-    trainer = Trainer(load_config(Path(__file__).parents[1] / "configs" / "smoke.toml", config),
+    trainer = Trainer(load_config(Path(__file__).parents[1] / "configs" / name, config),
                       out, data_dir, device="cpu", show_progress=False)
     return Path(trainer.train()["checkpoint"])
 
@@ -49,6 +50,13 @@ def tiny_checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
     s1 = _train({"train": {"max_steps": 60}}, root / "stage1", data_dir)
     s2 = _train({"train": {"stage": 2, "init_from": str(s1), "max_steps": 40}}, root / "stage2", data_dir)
     return {"stage1": s1, "stage2": s2}
+
+
+@pytest.fixture(scope="session")
+def pixel_checkpoint(tmp_path_factory, data_dir) -> Path:
+    """The pixel baseline of configs/pixel_smoke.toml, trained for a few steps with the same trainer."""
+    return _train({"train": {"max_steps": 2, "num_threads": 1}}, tmp_path_factory.mktemp("pixel"), data_dir,
+                  "pixel_smoke.toml")
 
 
 from app_harness import app_server  # noqa: E402,F401  (a launched app, shared by the app tests)

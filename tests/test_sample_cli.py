@@ -14,17 +14,6 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.fixture(scope="module")
-def pixel_checkpoint(tmp_path_factory, data_dir) -> Path:
-    """The pixel baseline of configs/pixel_smoke.toml, trained for a few steps with the same trainer."""
-    from lsgm_core.config import load_config
-    from lsgm_core.train import Trainer
-
-    cfg = load_config(ROOT / "configs" / "pixel_smoke.toml", {"train": {"max_steps": 2, "num_threads": 1}})
-    trainer = Trainer(cfg, tmp_path_factory.mktemp("pixel"), data_dir, device="cpu", show_progress=False)
-    return Path(trainer.train()["checkpoint"])
-
-
 def run_main(main, argv, capsys):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -117,17 +106,17 @@ def test_bench_sampling(tiny_checkpoints, pixel_checkpoint, capsys):
     from lsgm_core import bench
 
     code, stdout, _ = run_main(bench.main, ["sampling", "--checkpoint", tiny_checkpoints["stage2"], "--baseline",
-                                            pixel_checkpoint, "--sizes", 2, "--sde-steps", 3, "--fast-steps", 3,
-                                            "--device", "cpu"], capsys)
+                                            pixel_checkpoint, "--sizes", 2, "--runs", "ode:1e-5", "ode:1e-3",
+                                            "sde:3", "fast:3", "--repeats", 2, "--device", "cpu"], capsys)
     assert code == 0
     info = json.loads(stdout)
-    labels = {"ode_tol1e-05", "ode_tol1e-03", "sde_3steps", "fast_3steps"}
-    assert info["model"]["kind"] == "lsgm" and info["baseline"]["kind"] == "pixel"
+    labels = {"ode:1e-5", "ode:1e-3", "sde:3", "fast:3"}
+    assert info["model"]["kind"] == "lsgm" and info["baseline"]["kind"] == "pixel" and info["repeats"] == 2
     for role in ("model", "baseline"):
         runs = info[role]["runs"]["2"]
-        assert set(runs) == labels and runs["fast_3steps"]["nfe"] == 3 and runs["sde_3steps"]["nfe"] == 3
-        assert runs["ode_tol1e-05"]["nfe"] >= runs["ode_tol1e-03"]["nfe"] > 0
+        assert set(runs) == labels and runs["fast:3"]["nfe"] == 3 and runs["sde:3"]["nfe"] == 3
+        assert runs["ode:1e-5"]["nfe"] >= runs["ode:1e-3"]["nfe"] > 0
     assert set(info["speedup"]["2"]) == labels
-    code, stdout, err = run_main(bench.main, ["sampling", "--checkpoint", tiny_checkpoints["stage2"],
-                                              "--sizes", 0], capsys)
-    assert code == 2 and stdout == "" and err.startswith("error: ")
+    for bad in (["--sizes", 0], ["--repeats", 0], ["--runs", "fast:0"], ["--runs", "rk4:10"]):
+        code, stdout, err = run_main(bench.main, ["sampling", "--checkpoint", tiny_checkpoints["stage2"], *bad], capsys)
+        assert code == 2 and stdout == "" and err.startswith("error: ")

@@ -52,6 +52,14 @@ def tiny_checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
     return {"stage1": s1, "stage2": s2}
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so that a fixture can see whether its test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture(scope="session")
 def pixel_checkpoint(tmp_path_factory, data_dir) -> Path:
     """The pixel baseline of configs/pixel_smoke.toml, trained for a few steps with the same trainer."""

@@ -36,6 +36,15 @@ def page(app_server):
         browser.close()
 
 
+@pytest.fixture(autouse=True)
+def shot_on_failure(request):
+    """A failed browser test leaves the page as it was in test-artifacts/app/failed-<test>.png."""
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed and "page" in request.fixturenames:
+        shot(request.getfixturevalue("page"), f"failed-{request.node.name}")
+
+
 def shot(pg, name: str) -> None:
     path = ARTIFACTS / f"{name}.png"
     pg.screenshot(path=str(path), full_page=True)

@@ -12,7 +12,7 @@ from torch import nn
 
 from .likelihoods import make_likelihood
 from .nets import Decoder, Encoder
-from .prior import LOG_2PI, ScorePrior
+from .prior import LOG_2PI, ScorePrior, noise_like
 
 
 class LSGM(nn.Module):
@@ -74,7 +74,7 @@ class LSGM(nn.Module):
         prior with detached parameters and the prior learns from its own term on a detached z0.
         """
         mu, log_sigma = self.encode(x)
-        z0 = mu + log_sigma.exp() * torch.randn_like(mu)
+        z0 = mu + log_sigma.exp() * noise_like(mu)
         recon = self.recon_nll(self.decode(z0), x)
         out = {}
         if stage == 1:

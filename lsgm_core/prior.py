@@ -13,6 +13,12 @@ from .sde import make_sde
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def noise_like(x: torch.Tensor) -> torch.Tensor:
+    """N(0, I) noise of x's shape, drawn in row-major order whatever x's memory layout: randn_like
+    follows a channels-last layout, so the same seed would give other draws per element."""
+    return torch.randn(x.shape, dtype=x.dtype, device=x.device)
+
+
 class ScorePrior(nn.Module):
     """An SGM over tensors of shape [C, R, R].
 
@@ -81,7 +87,7 @@ class ScorePrior(nn.Module):
         carry no learning signal and are left out.
         """
         t, inv_density = self.sde.sample_time(z0.shape[0], sampler, device=z0.device)
-        eps = torch.randn_like(z0)
+        eps = noise_like(z0)
         zt = self.sde.perturb(z0, t, eps)
         eps_hat = self.eps(zt, t, detach_params=detach_params)
         sq = ((eps - eps_hat).float().pow(2) * self._active_mask()).flatten(1).sum(1)
@@ -106,7 +112,7 @@ class ScorePrior(nn.Module):
         noise of ||eps||^2 that otherwise dominates the estimate's variance.
         """
         t, inv_density = self.sde.sample_time(z0.shape[0], sampler, device=z0.device)
-        eps = torch.randn_like(z0)
+        eps = noise_like(z0)
         zt = self.sde.perturb(z0, t, eps)
         gaussian = self.sde.sigma(t).view(-1, 1, 1, 1) * zt
         eps_hat = self.eps(zt, t, detach_params=detach_params)

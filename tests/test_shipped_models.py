@@ -19,7 +19,8 @@ DEFAULT_BOUND_500, MARGIN = 81.977, 0.5
 
 
 def test_every_model_folder_is_tested():
-    assert {"lsgm-bmnist-large", "lsgm-bmnist", "vae-bmnist-stage1", "lsgm-fmnist", "sgm-bmnist-pixel"} <= set(SHIPPED)
+    assert {"lsgm-bmnist-large", "lsgm-bmnist", "lsgm-bmnist-fast", "vae-bmnist-stage1", "lsgm-fmnist",
+            "sgm-bmnist-pixel", "sgm-bmnist-pixel-wide"} <= set(SHIPPED)
     assert DEFAULT in SHIPPED
 
 

@@ -98,6 +98,13 @@ def test_loaded_models_use_channels_last_without_changing_results(tiny_checkpoin
         assert plain.prior.net.conv_in.weight.is_contiguous()
         a, b = (sample(m, 4, "fast", steps=5, seed=0) for m in (model, plain))
         assert (a.z0 - b.z0).abs().max() < 1e-4 and (a.images - b.images).abs().max() < 1e-4
+        # the training losses draw the same noise for a seed in either layout (randn_like would not)
+        x = torch.rand(8, 1, 32, 32).round()
+        losses = []
+        for m in (model, plain):
+            torch.manual_seed(5)
+            losses.append(m.losses(x, stage=2)["loss"].item())
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
 def test_export_keeps_the_model_and_folding_the_ema_halves_the_prior(tiny_checkpoints, tmp_path):

@@ -367,8 +367,9 @@ class Trainer:
             for s in (signal.SIGTERM, signal.SIGINT):
                 old_handlers[s] = signal.signal(s, self._on_signal)
         log = open(self.out / "log.jsonl", "a") if self.rank == 0 else None
-        bar = tqdm(total=t["max_steps"], initial=self.step, disable=not self.show_progress,
-                   desc="pixel SGM" if self.model.kind == "pixel" else f"stage {self.stage}", file=sys.stderr, dynamic_ncols=True)
+        desc = "pixel SGM" if self.model.kind == "pixel" else f"stage {self.stage}"
+        bar = tqdm(total=t["max_steps"], initial=self.step, disable=not self.show_progress, desc=desc,
+                   file=sys.stderr, dynamic_ncols=True)
         consecutive_bad, last_good, images = 0, None, 0
         start = time.perf_counter()
         self._clock = (start, self.elapsed)

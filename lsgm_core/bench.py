@@ -187,7 +187,7 @@ def _timed_sample(model, device: torch.device, num: int, options: dict, **kw):
     return result, time.perf_counter() - start
 
 
-def _time_sampling(model, device: torch.device, runs: dict[str, dict], args) -> dict:
+def _time_sampling(model, device: torch.device, runs: dict[str, dict], args, role: str) -> dict:
     out = {}
     sample(model, 2, "fast", steps=2, seed=args.seed)  # warm-up: first-call allocations, lazy init
     for num in args.sizes:
@@ -195,6 +195,8 @@ def _time_sampling(model, device: torch.device, runs: dict[str, dict], args) -> 
             timings = [_timed_sample(model, device, num, options, seed=args.seed) for _ in range(args.repeats)]
             out.setdefault(str(num), {})[spec] = {"nfe": timings[0][0].nfe,
                                                   "seconds": round(min(s for _, s in timings), 4)}
+            # progress: a pixel model's 256 samples at 1e-5 take many minutes on a CPU
+            print(json.dumps({role: {num: {spec: out[str(num)][spec]}}}), file=sys.stderr, flush=True)
     return out
 
 
@@ -212,7 +214,7 @@ def bench_sampling(args) -> dict:
         model = load_model(path, device)
         result[role] = {"checkpoint": model.meta["path"], "kind": model.kind, "shape": list(model.latent_shape),
                         "params_prior": sum(p.numel() for p in model.prior.parameters()),
-                        "runs": _time_sampling(model, device, runs, args)}
+                        "runs": _time_sampling(model, device, runs, args, role)}
     if args.baseline is not None:
         # how many times faster the model is than the baseline (> 1: the model is faster)
         result["speedup"] = {

@@ -199,20 +199,28 @@ def time_grid(sde, steps: int, t_end: float = ODE_EPS) -> tuple[torch.Tensor, to
     return t, lam
 
 
-def exp_weights(lam_s: float, lam_t: float, alpha: torch.Tensor,
-                nodes: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def exp_weights(lam_s, lam_t, alpha: torch.Tensor, nodes) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel propagator phi = (sigma_t / sigma_s)^alpha of one step from lambda_s to lambda_t, and
     the weights w_k = int_{lambda_s}^{lambda_t} (sigma_t / sigma_l)^alpha m_l prod_{j<k} (l - nodes[j]) dl
-    of the Newton basis on `nodes` (the latest lambdas, lambda_s first), shape [len(nodes), C].
+    of the Newton basis on `nodes` (the latest lambdas, lambda_s first), shapes [C] and [len(nodes), C].
+
+    For S steps at once, lam_s and lam_t are [S] tensors and nodes an [S, K] tensor: shapes [S, C]
+    and [S, K, C] (one call per solve instead of one per step, which cost 0.2 ms a step on a CPU).
     """
     log_sigma = lambda lam: -0.5 * F.softplus(2.0 * lam)  # noqa: E731  sigma^2 = sigmoid(-2 lambda)
-    lam_s_, lam_t_ = torch.tensor([lam_s, lam_t], dtype=torch.float64)
+    lam_s_, lam_t_, nodes_ = (torch.as_tensor(v, dtype=torch.float64) for v in (lam_s, lam_t, nodes))
+    batched = lam_s_.dim() == 1
+    if not batched:
+        lam_s_, lam_t_, nodes_ = lam_s_[None], lam_t_[None], nodes_[None]
     a = alpha.double()
-    lam = lam_s + 0.5 * (lam_t - lam_s) * (_GL_X + 1.0)
-    kernel = torch.exp(a[:, None] * (log_sigma(lam_t_) - log_sigma(lam))[None] - 0.5 * F.softplus(-2.0 * lam)[None])
-    basis = torch.cumprod(torch.stack([torch.ones_like(lam)] + [lam - n for n in nodes[:-1]]), 0)
-    w = (kernel[None] * (basis * 0.5 * (lam_t - lam_s) * _GL_W)[:, None]).sum(-1)
-    return torch.exp(a * (log_sigma(lam_t_) - log_sigma(lam_s_))), w
+    half = 0.5 * (lam_t_ - lam_s_)
+    lam = lam_s_[:, None] + half[:, None] * (_GL_X + 1.0)  # [S, nodes of the quadrature]
+    kernel = torch.exp(a[None, :, None] * (log_sigma(lam_t_)[:, None, None] - log_sigma(lam)[:, None])
+                       - 0.5 * F.softplus(-2.0 * lam)[:, None])
+    basis = torch.cumprod(torch.cat([torch.ones_like(lam)[:, None], lam[:, None] - nodes_[:, :-1, None]], 1), 1)
+    w = torch.einsum("scg,skg->skc", kernel, basis * (half[:, None, None] * _GL_W))
+    phi = torch.exp(a[None] * (log_sigma(lam_t_) - log_sigma(lam_s_))[:, None])
+    return (phi, w) if batched else (phi[0], w[0])
 
 
 def _newton_differences(lams: list[float], values: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -242,6 +250,13 @@ def _fixed_step_solve(field: _Field, z: torch.Tensor, solver: str, steps: int, g
     zs, hats = [], []
     hist_lam: list[float] = []  # the latest lambdas and v, newest first, for the multistep update
     hist_v: list[torch.Tensor] = []
+    if solver == "fast":
+        a = alpha.to(z).view(view)
+        # every step's weights depend on the grid and alpha alone: all of them in one call. Step i's
+        # nodes are lambda_i, lambda_i-1, ...; the first steps pad theirs with lambda_0 and use only
+        # the weights their history has (zip below)
+        nodes = lam[(torch.arange(steps)[:, None] - torch.arange(FAST_ORDER)[None]).clamp(min=0)]
+        phis, ws = (w.to(z) for w in exp_weights(lam[:-1], lam[1:], alpha, nodes))
     for i in range(steps):
         s = t[i].item()
         eps = field.eps(z, s)
@@ -250,12 +265,10 @@ def _fixed_step_solve(field: _Field, z: torch.Tensor, solver: str, steps: int, g
             zs.append(z)
             hats.append(field.z0_hat(z, s, eps))
         if solver == "fast":
-            a = alpha.to(z).view(view)
             v = (a * z - sigma * (eps - (1.0 - a) * (sigma * z))) / m
             hist_lam, hist_v = [lam[i].item()] + hist_lam[:FAST_ORDER - 1], [v] + hist_v[:FAST_ORDER - 1]
-            phi, w = exp_weights(lam[i].item(), lam[i + 1].item(), alpha, hist_lam)
-            z_next = phi.to(z).view(view) * z
-            for w_k, d_k in zip(w.to(z), _newton_differences(hist_lam, hist_v)):
+            z_next = phis[i].view(view) * z
+            for w_k, d_k in zip(ws[i], _newton_differences(hist_lam, hist_v)):
                 z_next = z_next + w_k.view(view) * d_k
         else:
             dt = s - t[i + 1].item()

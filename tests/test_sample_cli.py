@@ -105,10 +105,14 @@ def test_evaluate_fid(tiny_checkpoints, data_dir, capsys):
 def test_bench_sampling(tiny_checkpoints, pixel_checkpoint, capsys):
     from lsgm_core import bench
 
-    code, stdout, _ = run_main(bench.main, ["sampling", "--checkpoint", tiny_checkpoints["stage2"], "--baseline",
-                                            pixel_checkpoint, "--sizes", 2, "--runs", "ode:1e-5", "ode:1e-3",
-                                            "sde:3", "fast:3", "--repeats", 2, "--device", "cpu"], capsys)
+    code, stdout, err = run_main(bench.main, ["sampling", "--checkpoint", tiny_checkpoints["stage2"], "--baseline",
+                                              pixel_checkpoint, "--sizes", 2, "--runs", "ode:1e-5", "ode:1e-3",
+                                              "sde:3", "fast:3", "--repeats", 2, "--device", "cpu"], capsys)
     assert code == 0
+    # each run is reported on stderr as it finishes, the model's before the baseline's
+    progress = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [next(iter(p)) for p in progress] == ["model"] * 4 + ["baseline"] * 4
+    assert progress[-1] == {"baseline": {"2": {"fast:3": json.loads(stdout)["baseline"]["runs"]["2"]["fast:3"]}}}
     info = json.loads(stdout)
     labels = {"ode:1e-5", "ode:1e-3", "sde:3", "fast:3"}
     assert info["model"]["kind"] == "lsgm" and info["baseline"]["kind"] == "pixel" and info["repeats"] == 2

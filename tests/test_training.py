@@ -125,14 +125,16 @@ def test_export_keeps_the_model_and_folding_the_ema_halves_the_prior(tiny_checkp
         assert torch.equal(model.losses(x, stage=2)["nelbo"], a)
 
 
-def test_bf16_precision_and_periodic_test_evaluation(data_dir, tmp_path):
-    """train.precision = bf16 trains (finite, close to fp32 at the first step, same seed);
-    train.eval_every logs the test bound at those steps; an unknown precision is refused."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU"))])
+def test_bf16_precision_and_periodic_test_evaluation(data_dir, tmp_path, device):
+    """train.precision = bf16 trains (finite, close to fp32 at the first step, same seed), on the CPU
+    and on a GPU; train.eval_every logs the test bound at those steps; an unknown precision is refused."""
     first = {}
     for precision in ("fp32", "bf16"):
         cfg = _config(train={"max_steps": 4, "precision": precision, "eval_every": 2, "eval_images": 50,
                              "log_every": 1})
-        Trainer(cfg, tmp_path / precision, data_dir, device="cpu", show_progress=False).train()
+        Trainer(cfg, tmp_path / precision, data_dir, device=device, show_progress=False).train()
         log = _log(tmp_path / precision)
         evals = [r for r in log if "test_bound_nelbo" in r]
         assert [r["step"] for r in evals] == [2, 4] and all(r["eval_images"] == 50 for r in evals)
@@ -140,7 +142,7 @@ def test_bf16_precision_and_periodic_test_evaluation(data_dir, tmp_path):
         first[precision] = next(r for r in log if "loss" in r)["loss"]
     assert first["bf16"] != first["fp32"] and abs(first["bf16"] - first["fp32"]) < 0.02 * abs(first["fp32"])
     with pytest.raises(ValueError, match="train.precision"):
-        Trainer(_config(train={"precision": "fp8"}), tmp_path / "bad", data_dir, device="cpu", show_progress=False)
+        Trainer(_config(train={"precision": "fp8"}), tmp_path / "bad", data_dir, device=device, show_progress=False)
 
 
 def test_resume_continues_the_loss_curve(data_dir, tmp_path):

@@ -3,14 +3,17 @@
     python tools/gpu_session.py --data-dir DATA --out OUT [--budget 420] [--device cuda]
 
 Jobs run side by side (a GPU has room for all of them; each is launch-bound at these sizes):
-  checks     CUDA against CPU: samples of every solver from the same seed, log p at alpha = 0
-             against the analytic N(0, I) density, a few fp32 and bf16 training steps
+  checks     the CUDA tests: tests/test_cuda.py (samples of every solver, log p and NELBO against
+             the CPU's) and the fp32/bf16 training test on CUDA
   bmnist     configs/bmnist_large_stage{1,2}.toml -> OUT/models/lsgm-bmnist-large, its test NELBO
              (ODE prior term, 10k images) and FID of 10k samples
   fmnist     configs/fmnist_stage{1,2}.toml -> OUT/models/lsgm-fmnist, NELBO and FID
   pixel      configs/bmnist_pixel.toml -> OUT/models/sgm-bmnist-pixel, then `bench sampling`
              of checkpoints/lsgm-bmnist against it
   shipped    evaluate the CPU-trained checkpoints/lsgm-bmnist and vae-bmnist-stage1 likewise
+  fast       configs/bmnist_fast_stage2.toml (batch 256) -> OUT/models/lsgm-bmnist-fast, its training
+             bound and the FID of fast and ODE sampling
+  pixelwide  configs/bmnist_pixel_wide.toml (batch 128) -> OUT/models/sgm-bmnist-pixel-wide, its FID
 Each training stage gets a share of --budget: a short `bench train` measures its step rate under
 the others' load, and train.max_steps is set so that the schedule ends in its share (SIGTERM, which
 saves, is the safety net). Every command's JSON line goes to OUT/results.jsonl as it finishes, its
@@ -133,8 +136,20 @@ class Session:
 
     # the jobs ---------------------------------------------------------------------------------
     def job_checks(self) -> None:
-        self.run("checks", "cuda", ["tools/gpu_session.py", "--checks", "--device", self.args.device,
-                                    "--data-dir", self.args.data_dir, "--out", str(self.out)], self.at(0.5))
+        """The CUDA tests (tests/test_cuda.py, and the bf16 training test on CUDA); their measured
+        differences land in OUT/logs/cuda-tests.xml."""
+        begin = time.time()
+        with open(self.logs / "checks-pytest.log", "w") as log:
+            rc = subprocess.call([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
+                                  "tests/test_training.py::test_bf16_precision_and_periodic_test_evaluation[cuda]",
+                                  "-o", "junit_family=xunit1", f"--junitxml={self.logs / 'cuda-tests.xml'}"],
+                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                 # 4 threads: the tests' CPU halves, beside training jobs, took over
+                                 # 10 times their 19 s alone with every core's thread competing
+                                 env={**os.environ, "LSGM_TEST_DATA_DIR": self.args.data_dir, "OMP_NUM_THREADS": "4"},
+                                 timeout=max(1.0, self.at(0.9) - time.time()))
+        self.record("checks", {"step": "pytest", "rc": rc, "seconds": round(time.time() - begin, 1),
+                               "summary": (self.logs / "checks-pytest.log").read_text().strip().splitlines()[-1:]})
 
     def job_bmnist(self) -> None:
         s1 = self.train("bmnist", "configs/bmnist_large_stage1.toml", 1, self.runs / "bmnist-large-stage1",
@@ -159,44 +174,29 @@ class Session:
                                              "--device", self.args.device, "--sizes", *self.args.bench_sizes],
                  self.at(1.0))
 
+    def quality(self, job: str, checkpoint: Path, runs: list[str], until: float) -> None:
+        self.run(job, "quality", ["-m", "lsgm_core.bench", "quality", "--checkpoint", str(checkpoint), "--runs", *runs,
+                                  "--device", self.args.device, "--data-dir", self.args.data_dir], until)
+
+    def job_fast(self) -> None:
+        """The CPU-sampling model (32-channel prior on lsgm-bmnist's VAE), trained for longer than a CPU can."""
+        run = self.train("fast", "configs/bmnist_fast_stage2.toml", 2, self.runs / "bmnist-fast", self.at(0.6),
+                         ["train.batch_size=256", "train.num_threads=2"])
+        model = self.export("fast", run, "lsgm-bmnist-fast")
+        self.run("fast", "bound", ["tools/nelbo_bound.py", str(model), "2", self.args.data_dir], self.at(0.75))
+        self.quality("fast", model, ["fast:5", "fast:10", "fast:20", "ode:1e-5"], self.at(1.0))
+
+    def job_pixelwide(self) -> None:
+        """The same-width pixel baseline (the default prior's U-Net on pixels), trained as long as the
+        GPU budget allows; its sampling speed is measured on the CPU afterwards."""
+        run = self.train("pixelwide", "configs/bmnist_pixel_wide.toml", 1, self.runs / "bmnist-pixel-wide",
+                         self.at(0.75), ["train.batch_size=128", "train.num_threads=2"])
+        self.quality("pixelwide", self.export("pixelwide", run, "sgm-bmnist-pixel-wide"), ["fast:20", "ode:1e-3"],
+                     self.at(1.0))
+
     def job_shipped(self) -> None:
         self.evaluate("shipped", "lsgm-bmnist", "checkpoints/lsgm-bmnist", self.at(0.6))
         self.evaluate("shipped", "vae", "checkpoints/vae-bmnist-stage1", self.at(1.0))
-
-
-def cuda_checks(args) -> dict:
-    """The CUDA paths against the CPU ones, as numbers (the caller judges them)."""
-    import torch
-
-    from lsgm_core.checkpoint import load_model
-    from lsgm_core.config import load_config
-    from lsgm_core.likelihood import log_prob_ode
-    from lsgm_core.solvers import sample
-    from lsgm_core.train import Trainer
-
-    dev = torch.device(args.device)
-    out = {"torch": torch.__version__, "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
-    cpu, gpu = load_model(ROOT / "checkpoints/lsgm-bmnist"), load_model(ROOT / "checkpoints/lsgm-bmnist", dev)
-    for solver, kw in (("fast", {"steps": 20}), ("ode", {"atol": 1e-5, "rtol": 1e-5}), ("sde", {"steps": 200})):
-        a, b = sample(cpu, 8, solver, seed=0, **kw), sample(gpu, 8, solver, seed=0, **kw)
-        out[f"sample_{solver}"] = {"max_abs_image_diff": (a.images - b.images.cpu()).abs().max().item(),
-                                   "max_abs_z0_diff": (a.z0 - b.z0.cpu()).abs().max().item(),
-                                   "nfe_cpu": a.nfe, "nfe_cuda": b.nfe, "seconds_cuda": round(b.seconds, 3)}
-    z0 = torch.randn(64, *gpu.prior.shape, generator=torch.Generator().manual_seed(0))
-    lp, nfe = log_prob_ode(gpu.prior, z0.to(dev), alpha=0.0, num_probes=1)
-    exact = -0.5 * (z0.double() ** 2).flatten(1).sum(1) - 0.5 * z0[0].numel() * torch.log(torch.tensor(2 * torch.pi))
-    out["logp_alpha0"] = {"max_abs_err_nats": (lp.cpu() - exact).abs().max().item(), "nfe": nfe,
-                          "mean_exact": exact.mean().item()}
-    for precision in ("fp32", "bf16"):
-        losses = {}
-        for stage in (1, 2):
-            cfg = load_config(ROOT / "configs/smoke.toml",
-                              {"train": {"stage": stage, "max_steps": 20, "precision": precision, "log_every": 20}})
-            trainer = Trainer(cfg, Path(args.out) / "checks" / f"{precision}-{stage}", args.data_dir, device=args.device,
-                              show_progress=False)
-            losses[f"stage{stage}"] = trainer.train()["train_loss"]
-        out[f"train_{precision}"] = losses
-    return out
 
 
 def main(argv=None) -> int:
@@ -210,11 +210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-steps", type=int, default=50)
     ap.add_argument("--bench-sizes", nargs="+", default=["16", "256"])
     ap.add_argument("--eval-limit", type=int, help="evaluate only the first N test images (a dry run)")
-    ap.add_argument("--checks", action="store_true", help="run the CUDA checks only (one JSON line)")
     args = ap.parse_args(argv)
-    if args.checks:
-        print(json.dumps(cuda_checks(args)))
-        return 0
     session = Session(args)
     def job(name):
         try:

@@ -76,6 +76,19 @@ def test_exponential_integrator_weights_match_their_closed_forms():
     assert w0[1].item() == pytest.approx(math.asinh(math.exp(lam_t)) - math.asinh(math.exp(lam_s)), rel=1e-12)
 
 
+def test_exponential_integrator_weights_for_all_steps_at_once_equal_the_per_step_ones():
+    _, lam = time_grid(GeometricVPSDE(), 10)
+    alpha = torch.tensor([1.0, 0.0, 0.3])
+    nodes = lam[(torch.arange(10)[:, None] - torch.arange(3)[None]).clamp(min=0)]
+    phis, ws = exp_weights(lam[:-1], lam[1:], alpha, nodes)
+    assert phis.shape == (10, 3) and ws.shape == (10, 3, 3)
+    for i in range(10):
+        history = [lam[j].item() for j in range(i, max(-1, i - 3), -1)]  # what step i has
+        phi, w = exp_weights(lam[i].item(), lam[i + 1].item(), alpha, history)
+        assert torch.allclose(phi, phis[i], rtol=1e-12, atol=0)
+        assert torch.allclose(w, ws[i, :len(history)], rtol=1e-12, atol=1e-15)
+
+
 def test_time_grid_is_uniform_in_log_snr_and_spans_one_to_ode_eps():
     t, lam = time_grid(GeometricVPSDE(), 10)
     assert t[0].item() == 1.0 and t[-1].item() == ODE_EPS

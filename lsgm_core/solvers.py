@@ -248,13 +248,12 @@ def _fixed_step_solve(field: _Field, z: torch.Tensor, solver: str, steps: int, g
     alpha = prior.alpha(field.alpha).detach().to(torch.float64).cpu()
     rec = _grid_record(record_times, t) if record_times is not None else []
     zs, hats = [], []
-    hist_lam: list[float] = []  # the latest lambdas and v, newest first, for the multistep update
-    hist_v: list[torch.Tensor] = []
+    hist_v: list[torch.Tensor] = []  # the latest v, newest first, for the multistep update
     if solver == "fast":
         a = alpha.to(z).view(view)
         # every step's weights depend on the grid and alpha alone: all of them in one call. Step i's
         # nodes are lambda_i, lambda_i-1, ...; the first steps pad theirs with lambda_0 and use only
-        # the weights their history has (zip below)
+        # the nodes and weights their history has
         nodes = lam[(torch.arange(steps)[:, None] - torch.arange(FAST_ORDER)[None]).clamp(min=0)]
         phis, ws = (w.to(z) for w in exp_weights(lam[:-1], lam[1:], alpha, nodes))
     for i in range(steps):
@@ -266,9 +265,9 @@ def _fixed_step_solve(field: _Field, z: torch.Tensor, solver: str, steps: int, g
             hats.append(field.z0_hat(z, s, eps))
         if solver == "fast":
             v = (a * z - sigma * (eps - (1.0 - a) * (sigma * z))) / m
-            hist_lam, hist_v = [lam[i].item()] + hist_lam[:FAST_ORDER - 1], [v] + hist_v[:FAST_ORDER - 1]
+            hist_v = [v] + hist_v[:FAST_ORDER - 1]
             z_next = phis[i].view(view) * z
-            for w_k, d_k in zip(ws[i], _newton_differences(hist_lam, hist_v)):
+            for w_k, d_k in zip(ws[i], _newton_differences(nodes[i, :len(hist_v)].tolist(), hist_v)):
                 z_next = z_next + w_k.view(view) * d_k
         else:
             dt = s - t[i + 1].item()

@@ -59,13 +59,13 @@ class Session:
             f.write(json.dumps(entry) + "\n")
         print(json.dumps(entry)[:400], flush=True)
 
-    def run(self, job: str, name: str, cmd: list[str], deadline: float) -> dict | None:
+    def run(self, job: str, name: str, cmd: list[str], deadline: float, env: dict | None = None) -> dict | None:
         """Run a CLI until it ends or the deadline (then SIGTERM, which makes training save);
-        record its JSON line, return it parsed."""
+        record its JSON line, return it parsed. `env` adds variables to its environment."""
         begin = time.time()
         with open(self.logs / f"{job}-{name}.err", "w") as err:
             proc = subprocess.Popen([PY, *cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+                                    env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})})
             try:
                 stdout, _ = proc.communicate(timeout=max(1.0, deadline - time.time()))
                 stopped = False
@@ -136,20 +136,15 @@ class Session:
 
     # the jobs ---------------------------------------------------------------------------------
     def job_checks(self) -> None:
-        """The CUDA tests (tests/test_cuda.py, and the bf16 training test on CUDA); their measured
-        differences land in OUT/logs/cuda-tests.xml."""
-        begin = time.time()
-        with open(self.logs / "checks-pytest.log", "w") as log:
-            rc = subprocess.call([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
-                                  "tests/test_training.py::test_bf16_precision_and_periodic_test_evaluation[cuda]",
-                                  "-o", "junit_family=xunit1", f"--junitxml={self.logs / 'cuda-tests.xml'}"],
-                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                 # 4 threads: the tests' CPU halves, beside training jobs, took over
-                                 # 10 times their 19 s alone with every core's thread competing
-                                 env={**os.environ, "LSGM_TEST_DATA_DIR": self.args.data_dir, "OMP_NUM_THREADS": "4"},
-                                 timeout=max(1.0, self.at(0.9) - time.time()))
-        self.record("checks", {"step": "pytest", "rc": rc, "seconds": round(time.time() - begin, 1),
-                               "summary": (self.logs / "checks-pytest.log").read_text().strip().splitlines()[-1:]})
+        """The CUDA tests (tests/test_cuda.py, and the bf16 training test on CUDA); their outcome and
+        measured differences land in OUT/logs/cuda-tests.xml, the record holds pytest's exit code."""
+        self.run("checks", "pytest", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
+                                      "tests/test_training.py::test_bf16_precision_and_periodic_test_evaluation[cuda]",
+                                      "-o", "junit_family=xunit1", f"--junitxml={self.logs / 'cuda-tests.xml'}"],
+                 self.at(0.9),
+                 # 4 threads: the tests' CPU halves, beside training jobs, took over 10 times their
+                 # 19 s alone with every core's thread competing
+                 env={"LSGM_TEST_DATA_DIR": self.args.data_dir, "OMP_NUM_THREADS": "4"})
 
     def job_bmnist(self) -> None:
         s1 = self.train("bmnist", "configs/bmnist_large_stage1.toml", 1, self.runs / "bmnist-large-stage1",

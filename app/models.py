@@ -43,7 +43,7 @@ def _describe(path: Path) -> str | None:
         return None
     parts = [meta.get("kind", "lsgm")]
     if meta.get("stage"):
-        parts.append(f"stage {meta['stage']}")
+        parts.append("prior stage" if meta["stage"] == "prior" else f"stage {meta['stage']}")
     if "step" in meta:
         parts.append(f"step {meta['step']}")
     return ", ".join(map(str, parts))

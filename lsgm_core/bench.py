@@ -23,6 +23,8 @@ and `speedup` gives baseline / model, in wall time and in NFE, run by run.
 
 `quality` draws --num samples (seed 0) with each solver setting and gives its FID against as many
 test images (lsgm_core.features), its NFE per solve and wall time: what each solver's cost buys.
+For an LSGM it also gives the floor of those FIDs, the FID of decoded posterior samples of as many
+training images (lsgm_core.quality), and each run's `fid_ratio` to it.
 
     python -m lsgm_core.bench app [--checkpoint PATH] [--clicks N] [--map-points N] [--device D]
 
@@ -239,8 +241,10 @@ def add_quality_args(p: argparse.ArgumentParser) -> None:
 
 
 def bench_quality(args) -> dict:
-    """Sample quality (FID against the test set) of each solver setting, with its NFE and wall time."""
+    """Sample quality (FID against the test set) of each solver setting, with its NFE and wall time;
+    for an LSGM also the posterior-reconstruction FID (the floor) and each FID's ratio to it."""
     from .features import fid_against_test_set
+    from .quality import posterior_fids
 
     runs = {spec: parse_solver_run(spec) for spec in args.runs}
     if args.num < 2 or args.batch_size < 1:
@@ -250,11 +254,18 @@ def bench_quality(args) -> dict:
     dataset = model.config["data"]["dataset"]
     result = {"bench": "quality", "checkpoint": model.meta["path"], "dataset": dataset, "num": args.num,
               "device": str(device), "torch": torch.__version__, "runs": {}}
+    if model.kind == "lsgm":
+        # the floor of every run's FID: a prior equal to the aggregate posterior would reach it
+        result.update({k: round(v, 3) for k, v in
+                       posterior_fids(model, args.num, args.data_dir, args.seed, args.batch_size).items()})
+        print(json.dumps({"posterior_fid": result["posterior_fid"]}), file=sys.stderr, flush=True)
     for spec, options in runs.items():
         out, seconds = _timed_sample(model, device, args.num, options, seed=args.seed, batch_size=args.batch_size)
         fid = fid_against_test_set(out.images.cpu(), dataset, args.data_dir, n=args.num, seed=args.seed)
         result["runs"][spec] = {"nfe_per_batch": out.nfe / -(-args.num // args.batch_size),
                                 "seconds": round(seconds, 3), "fid": round(fid, 3)}
+        if "posterior_fid" in result:
+            result["runs"][spec]["fid_ratio"] = round(fid / max(result["posterior_fid"], 1e-12), 3)
         print(json.dumps({spec: result["runs"][spec]}), file=sys.stderr, flush=True)
     return result
 

@@ -30,8 +30,11 @@ DEFAULTS: dict = {
     },
     "data": {"dataset": "binarized-mnist", "image_size": 32, "channels": None},
     "train": {
-        "stage": 1,                   # 1: VAE with N(0, I) prior; 2: VAE and SGM prior end to end
-        "init_from": None,            # stage 2 starts from this stage-1 checkpoint
+        "stage": 1,                   # 1: VAE with N(0, I) prior; 2: VAE and SGM prior end to end;
+                                      # "prior": the prior alone on cached latents of init_from's frozen VAE
+        "init_from": None,            # stage 2 starts from this stage-1 checkpoint; "prior" from an LSGM one
+        "init_prior": True,           # stage "prior": start from init_from's prior (false: a new one, model.prior)
+        "latent_encodings": 1,        # stage "prior": encodings of each training image kept (fresh binarisations)
         "batch_size": 128,
         "max_steps": 10000,
         "lr_vae": 1e-3,
@@ -53,6 +56,7 @@ DEFAULTS: dict = {
         "precision": "fp32",          # fp32 | bf16 (autocast of the networks on CUDA and CPU)
         "eval_every": 0,              # every N steps, log the test NELBO bound of eval_images images
         "eval_images": 1000,
+        "eval_fid": 0,                # with eval_every: also the FID of this many samples and its posterior floor
     },
 }
 

@@ -7,8 +7,11 @@ importance-weighted bound with --iw K), averaged over the first --limit images o
 which binary data sets binarise afresh with --seed. bpd divides by the data's own pixels (28x28
 for MNIST). For the pixel baseline it is -log p_ODE(2x - 1): a density of continuous pixels, not
 comparable with a discrete likelihood (see lsgm_core.likelihood.nelbo).
---fid draws as many samples as images evaluated (fast solver) and compares them with as many test
-images in the feature space of the data set's shipped classifier (lsgm_core.features).
+--fid draws as many samples as images evaluated (or --fid-samples; fast solver) and compares them with as many test
+images in the feature space of the data set's shipped classifier (lsgm_core.features); for an
+LSGM it also gives the floor of that FID, the FID of decoded posterior samples of as many training
+images, and the ratio of the two, the classifier's histogram of the samples and their distances to
+the nearest training image against those of test images (lsgm_core.quality).
 One JSON line to stdout; progress to stderr.
 """
 from __future__ import annotations
@@ -29,16 +32,25 @@ from .solvers import DEFAULT_STEPS, sample
 from .train import pick_device
 
 
-def compute_fid(model, dataset_name: str, data_dir, num: int, steps: int, seed: int, batch_size: int) -> float:
-    """FID of `num` fast-solver samples against the first `num` test images."""
-    from . import features
+def sample_quality(model, data_dir, num: int, steps: int, seed: int, batch_size: int) -> dict:
+    """FID of `num` fast-solver samples against `num` test images; for an LSGM also its posterior
+    floor, the ratio, the class histogram and the nearest-training-image distances."""
+    from . import features, quality
 
+    dataset_name = model.config["data"]["dataset"]
     try:
         features.load_classifier(dataset_name)
     except CheckpointError as e:
         raise CheckpointError(f"no feature classifier shipped for {dataset_name} ({e})") from None
-    images = sample(model, num, "fast", steps=steps, seed=seed, batch_size=batch_size).images
-    return features.fid_against_test_set(images.cpu(), dataset_name, data_dir, n=num, seed=seed)
+    images = sample(model, num, "fast", steps=steps, seed=seed, batch_size=batch_size).images.cpu()
+    out = {"fid": features.fid_against_test_set(images, dataset_name, data_dir, n=num, seed=seed),
+           "fid_samples": num}
+    if model.kind == "lsgm":
+        out.update(quality.posterior_fids(model, num, data_dir, seed, batch_size))
+        out["fid_ratio"] = out["fid"] / max(out["posterior_fid"], 1e-12)
+        out.update(quality.class_balance(images, dataset_name, seed))
+        out.update(quality.copy_check(model, images, data_dir))
+    return out
 
 
 def main(argv=None) -> int:
@@ -57,6 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     ap.add_argument("--fid", action="store_true", help="also compute the FID of samples against the test set")
     ap.add_argument("--fid-steps", type=int, default=DEFAULT_STEPS["fast"], help="fast-solver steps for --fid samples")
+    ap.add_argument("--fid-samples", type=int,
+                    help="samples (and test images) for --fid (default: as many as images evaluated)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = ap.parse_args(argv)
     return report(lambda: evaluate(args))
@@ -64,7 +78,7 @@ def main(argv=None) -> int:
 
 def evaluate(args) -> dict:
     """The figures of one evaluation, from the parsed CLI arguments."""
-    for name in ("limit", "batch_size", "iw", "fid_steps"):
+    for name in ("limit", "batch_size", "iw", "fid_steps", "fid_samples"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -104,9 +118,8 @@ def evaluate(args) -> dict:
     if model.kind == "pixel":
         result["note"] = "density of continuous pixels in [-1, 1]; not comparable with a discrete NELBO"
     if args.fid:
-        result["fid"] = compute_fid(model, d["dataset"], args.data_dir, n, args.fid_steps, args.seed,
-                                    args.batch_size)
-        result["fid_samples"] = n
+        result.update(sample_quality(model, args.data_dir, args.fid_samples or n, args.fid_steps, args.seed,
+                                     args.batch_size))
     return result
 
 

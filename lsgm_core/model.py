@@ -72,7 +72,14 @@ class LSGM(nn.Module):
         stage 2: KL = log q(z0|x) + CE(q || p_SGM), the CE by denoising score matching.
         With an objective for the prior that differs from the encoder's, the encoder's CE sees the
         prior with detached parameters and the prior learns from its own term on a detached z0.
+        stage "prior": `x` holds the encoder's output instead of images, mu and log_sigma of q(z0|x)
+        concatenated along channels (a `LatentCache` batch); the loss is the prior's own term alone,
+        for a z0 drawn as stage 2 draws it.
         """
+        if stage == "prior":
+            mu, log_sigma = x.chunk(2, dim=1)
+            prior_loss = self.prior_loss(mu + log_sigma.exp() * noise_like(mu))
+            return {"loss": prior_loss.mean(), "prior_loss": prior_loss.mean()}
         mu, log_sigma = self.encode(x)
         z0 = mu + log_sigma.exp() * noise_like(mu)
         recon = self.recon_nll(self.decode(z0), x)
@@ -90,7 +97,7 @@ class LSGM(nn.Module):
             kl = neg_entropy + ce
             loss = recon + kl_coeff * kl
             if not shared:
-                prior_loss = self.prior.score_matching_terms(z0.detach(), o["prior_sampler"], o["prior_weighting"])
+                prior_loss = self.prior_loss(z0.detach())
                 out["prior_loss"] = prior_loss.mean()
                 loss = loss + prior_loss
             out["ce"] = ce.mean()
@@ -98,6 +105,11 @@ class LSGM(nn.Module):
             raise ValueError(f"stage must be 1 or 2, got {stage!r}")
         out.update(loss=loss.mean(), nelbo=(recon + kl).mean(), recon=recon.mean(), kl=kl.mean())
         return out
+
+    def prior_loss(self, z0: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss of the prior with its own objective (weighting and time sampler) at z0."""
+        o = self.objective
+        return self.prior.score_matching_terms(z0, o["prior_sampler"], o["prior_weighting"])
 
 
 class PixelSGM(nn.Module):

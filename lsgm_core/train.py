@@ -1,4 +1,5 @@
-"""Training: stage 1 (VAE with a N(0, I) prior) and stage 2 (VAE and SGM prior end to end).
+"""Training: stage 1 (VAE with a N(0, I) prior), stage 2 (VAE and SGM prior end to end) and the
+prior stage (the prior alone, on the cached latents of a frozen VAE: lsgm_core.latents).
 
     python -m lsgm_core.train --config configs/bmnist_stage1.toml --data-dir DATA --out runs/s1
     torchrun --nproc_per_node 2 -m lsgm_core.train --config ... --out ...   # data parallel (DDP)
@@ -30,6 +31,7 @@ from .checkpoint import CheckpointError, load_state, read_checkpoint, resolve_ch
 from .cli import report
 from .config import ConfigError, load_config, merge
 from .data import load_dataset
+from .latents import LatentCache
 from .model import build_model
 
 
@@ -38,6 +40,7 @@ class TrainingError(RuntimeError):
 
 
 PRECISIONS = ("fp32", "bf16")
+STAGES = (1, 2, "prior")
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -143,19 +146,31 @@ class Trainer:
         t = config["train"]
         if t["num_threads"]:
             torch.set_num_threads(int(t["num_threads"]))
-        self.stage = int(t["stage"])
-        if self.stage not in (1, 2):
-            raise ConfigError(f"train.stage must be 1 or 2, got {t['stage']!r}")
+        self.stage = t["stage"]
+        if self.stage not in STAGES or isinstance(self.stage, bool):
+            raise ConfigError(f"train.stage must be 1, 2 or \"prior\", got {t['stage']!r}")
+        if self.stage == "prior" and (config["model"]["kind"] != "lsgm" or not t["init_from"]):
+            raise ConfigError('train.stage "prior" trains the prior of an LSGM on the latents of a trained '
+                              "VAE: set model.kind to \"lsgm\" and train.init_from to an LSGM checkpoint")
         if t["precision"] not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t['precision']!r}")
         if t["batch_size"] < self.world:
             raise ConfigError(f"train.batch_size {t['batch_size']} is smaller than the {self.world} processes")
 
         d = config["data"]
+        self.data_dir = data_dir
         self.dataset = load_dataset(d["dataset"], "train", data_dir, image_size=d["image_size"], channels=d["channels"])
         self.test_set = (load_dataset(d["dataset"], "test", data_dir, image_size=d["image_size"], channels=d["channels"])
                          if not d["dataset"].startswith("folder:") else self.dataset)
         resolve_model_config(config, self.dataset)
+        if t["eval_fid"]:
+            from .features import load_classifier
+
+            try:
+                load_classifier(d["dataset"])
+            except CheckpointError as e:
+                raise ConfigError(f"train.eval_fid needs a feature classifier for {d['dataset']}; none is shipped "
+                                  f"({e}): set train.eval_fid=0") from None
 
         torch.manual_seed(t["seed"])
         self.model = build_model(config).to(self.device)
@@ -163,13 +178,15 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.elapsed = 0.0
-        if self.resume_from is None and self.stage == 2 and t["init_from"] and self.model.kind == "lsgm":
-            self._init_from_stage1(t["init_from"])
+        if self.resume_from is None and self.stage in (2, "prior") and t["init_from"] and self.model.kind == "lsgm":
+            self._init_from(t["init_from"])
 
-        trains_vae = self.model.kind == "lsgm"
-        trains_prior = self.stage == 2 or self.model.kind == "pixel"
+        trains_vae = self.model.kind == "lsgm" and self.stage != "prior"
+        trains_prior = self.stage != 1 or self.model.kind == "pixel"
         for p in self.model.prior.parameters():
             p.requires_grad_(trains_prior)
+        for p in self.model.vae_parameters():
+            p.requires_grad_(trains_vae)
         self.optimizers = {}
         if trains_vae:
             self.optimizers["vae"] = torch.optim.Adam(
@@ -188,6 +205,9 @@ class Trainer:
                               f"{t['batch_size']}; lower the batch size or add images")
         if self.resume_from is not None:
             self._load_resume_state()
+        # the prior stage's data: the frozen encoder's q(z0|x), computed again (the same, seeded) on --resume
+        self.latents = (LatentCache.encode(self.model, self.dataset, t["latent_encodings"], t["seed"],
+                                           progress=self.show_progress) if self.stage == "prior" else None)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     if self.distributed else None)
         self._stop_signal = None
@@ -200,8 +220,10 @@ class Trainer:
         return self._clock[1] + time.perf_counter() - self._clock[0]
 
     # set-up -------------------------------------------------------------------------------
-    def _init_from_stage1(self, path) -> None:
-        cfg1, meta, tensors = read_checkpoint(path, parts=("model",))
+    def _init_from(self, path) -> None:
+        """The VAE of checkpoint `path`; for the prior stage with train.init_prior, its prior too.
+        Channels are inactive as that prior had them, else where their KL is below the threshold."""
+        cfg1, meta, tensors = read_checkpoint(path, parts=("model", "ema"))
         keys = ("latent_channels", "vae_channels", "vae_res_blocks", "likelihood", "in_channels")
         diff = [k for k in keys if cfg1["model"].get(k) != self.cfg["model"].get(k)]
         if diff:
@@ -210,6 +232,16 @@ class Trainer:
         holder = torch.nn.Module()
         holder.encoder, holder.decoder = self.model.encoder, self.model.decoder
         load_state(holder, vae_state, f"{meta['path']}/model.safetensors")
+        if self.stage == "prior" and self.cfg["train"]["init_prior"]:
+            if cfg1["model"]["prior"] != self.cfg["model"]["prior"]:
+                raise ConfigError(f"train.init_from {path}: its prior differs from this config's model.prior; "
+                                  "copy its model.prior, or set train.init_prior=false to train a new prior")
+            prior_state = tensors.get("ema") or {k[len("prior."):]: v for k, v in tensors["model"].items()
+                                                 if k.startswith("prior.")}
+            load_state(self.model.prior, prior_state, f"{meta['path']}/model.safetensors")
+            if meta.get("stage", 1) != 1:
+                self.inactive = list(meta.get("inactive_channels", []))
+                return
         kl = kl_per_channel(self.model, self.dataset)
         self.inactive = [c for c, v in enumerate(kl.tolist()) if v < self.cfg["train"]["inactive_kl_threshold"]]
         active = torch.ones_like(self.model.prior.active)
@@ -267,15 +299,19 @@ class Trainer:
 
     # the loop ---------------------------------------------------------------------------
     def _batch(self, step: int) -> torch.Tensor:
+        """The step's images, or for the prior stage its latent-cache entries."""
         t = self.cfg["train"]
         per_rank = t["batch_size"] // self.world
-        n = len(self.dataset)
+        n = len(self.latents if self.latents is not None else self.dataset)
         per_epoch = n // t["batch_size"]
         epoch, pos = divmod(step, per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(t["seed"] * 7919 + epoch))
         start = pos * t["batch_size"] + self.rank * per_rank
+        idx = perm[start:start + per_rank]
+        if self.latents is not None:
+            return self.latents.batch(idx.to(self.latents.mu.device)).to(self.device, non_blocking=True)
         gen = torch.Generator().manual_seed(self._step_seed(step) + 1)
-        x, _ = self.dataset.batch(perm[start:start + per_rank], generator=gen)
+        x, _ = self.dataset.batch(idx, generator=gen)
         return x.to(self.device, non_blocking=True)
 
     def _step_seed(self, step: int) -> int:
@@ -326,7 +362,7 @@ class Trainer:
                         self.ema[k].copy_(v)
         stats = {k: v.item() for k, v in out.items() if v.dim() == 0}
         stats.update({f"grad_norm_{k}": v.item() for k, v in norms.items()}, kl_coeff=kl)
-        if self.model.kind == "lsgm" and self.stage == 2:
+        if self.model.kind == "lsgm" and self.stage != 1:
             stats["alpha_mean"] = self.model.prior.alpha().mean().item()
         return stats
 
@@ -367,7 +403,8 @@ class Trainer:
             for s in (signal.SIGTERM, signal.SIGINT):
                 old_handlers[s] = signal.signal(s, self._on_signal)
         log = open(self.out / "log.jsonl", "a") if self.rank == 0 else None
-        desc = "pixel SGM" if self.model.kind == "pixel" else f"stage {self.stage}"
+        desc = ("pixel SGM" if self.model.kind == "pixel" else "prior on cached latents" if self.stage == "prior"
+                else f"stage {self.stage}")
         bar = tqdm(total=t["max_steps"], initial=self.step, disable=not self.show_progress, desc=desc,
                    file=sys.stderr, dynamic_ncols=True)
         consecutive_bad, last_good, images = 0, None, 0
@@ -404,10 +441,7 @@ class Trainer:
                         log.flush()
                 if (t["eval_every"] and self.step % t["eval_every"] == 0 and self.model.kind == "lsgm"
                         and log):
-                    # the time-to-quality curve: test NELBO bound against wall time
-                    value = bound_nelbo(self.model_for_eval(), self.test_set, self.stage, limit=t["eval_images"])
-                    log.write(json.dumps({"step": self.step, "test_bound_nelbo": round(value, 3),
-                                          "eval_images": min(t["eval_images"], len(self.test_set)),
+                    log.write(json.dumps({"step": self.step, **self.evaluation(),
                                           "seconds": round(self.seconds(), 2)}) + "\n")
                     log.flush()
                 if self.step % t["ckpt_every"] == 0 and self.step < t["max_steps"]:
@@ -421,13 +455,38 @@ class Trainer:
         seconds = time.perf_counter() - start
         metrics = {"train_loss": last_good["loss"] if last_good else None}
         if self.model.kind == "lsgm" and self.rank == 0:
-            metrics["test_bound_nelbo_1k"] = round(bound_nelbo(self.model_for_eval(), self.test_set, self.stage), 3)
+            metrics["test_bound_nelbo_1k"] = round(bound_nelbo(self.model_for_eval(), self.test_set, self.eval_stage), 3)
         path = self.save(metrics)
         self.elapsed, self._clock = self.seconds(), None
         return {"out": str(self.out), "checkpoint": str(path) if path else None, "step": self.step,
                 "stage": self.stage, "seconds": round(self.elapsed, 2),
                 "images_per_s": round(images / max(seconds, 1e-9), 1), "bad_steps": self.bad_steps,
                 "stopped_by_signal": self._stop_signal is not None, **metrics}
+
+    @property
+    def eval_stage(self) -> int:
+        """The losses that give the model's NELBO bound: the prior stage's model is a stage-2 one."""
+        return 2 if self.stage == "prior" else self.stage
+
+    def evaluation(self) -> dict:
+        """The time-to-quality curve's point: the test NELBO bound of train.eval_images images and,
+        with train.eval_fid = N, the FID of N samples (fast solver, seed 0), its posterior floor and
+        their ratio (lsgm_core.quality)."""
+        t = self.cfg["train"]
+        model = self.model_for_eval()
+        out = {"test_bound_nelbo": round(bound_nelbo(model, self.test_set, self.eval_stage, limit=t["eval_images"]), 3),
+               "eval_images": min(t["eval_images"], len(self.test_set))}
+        if t["eval_fid"] and self.stage != 1:
+            from . import features, quality
+            from .solvers import sample
+
+            model.eval()
+            images = sample(model, t["eval_fid"], "fast", seed=0, batch_size=500).images.cpu()
+            fid = features.fid_against_test_set(images, self.cfg["data"]["dataset"], self.data_dir, n=t["eval_fid"])
+            floor = quality.posterior_fids(model, t["eval_fid"], self.data_dir)["posterior_fid"]
+            out.update(test_fid=round(fid, 3), posterior_fid=round(floor, 3), fid_ratio=round(fid / max(floor, 1e-12), 3),
+                       fid_samples=t["eval_fid"])
+        return out
 
     def model_for_eval(self):
         """The model with the prior's EMA weights swapped in (a copy; training weights untouched)."""

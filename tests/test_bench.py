@@ -61,6 +61,9 @@ def test_quality_bench_gives_fid_nfe_and_time_per_solver(capsys, tiny_checkpoint
     assert list(result["runs"]) == ["fast:3", "ode:1e-2"]
     assert result["runs"]["fast:3"]["nfe_per_batch"] == 3
     assert all(r["fid"] > 0 and r["seconds"] > 0 for r in result["runs"].values())
+    assert result["posterior_fid"] > 0
+    assert all(r["fid_ratio"] == pytest.approx(r["fid"] / result["posterior_fid"], rel=1e-2)
+               for r in result["runs"].values())
     assert '{"fast:3"' in err  # each setting is reported on stderr as it finishes
 
 

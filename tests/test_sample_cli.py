@@ -97,7 +97,11 @@ def test_evaluate_fid(tiny_checkpoints, data_dir, capsys):
             "--atol", 1e-3, "--rtol", 1e-3, "--fid", "--fid-steps", 4, "--device", "cpu", "--no-progress"]
     code, stdout, err = run_main(evaluate.main, argv, capsys)
     if (DEFAULT_FEATURES_DIR / "binarized-mnist.safetensors").is_file():
-        assert code == 0 and json.loads(stdout)["fid"] >= 0.0 and json.loads(stdout)["fid_samples"] == 8
+        out = json.loads(stdout)
+        assert code == 0 and out["fid"] >= 0.0 and out["fid_samples"] == 8
+        # the floor, the ratio, the class histogram and the copy check come with it
+        assert out["posterior_fid"] > 0 and out["fid_ratio"] == pytest.approx(out["fid"] / out["posterior_fid"])
+        assert sum(out["class_counts"]) == 8 and "samples_closer_than_any_test_image" in out
     else:
         assert code != 0 and "error: no feature classifier shipped for binarized-mnist" in err
 

@@ -190,7 +190,7 @@ def _resume_and_compare(cfg, data_dir, tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, proc.stdout  # the CLI's stdout is one JSON line
     r2 = json.loads(lines[0])
-    assert r2["step"] == 20 and r2["stage"] == 2 and r2["bad_steps"] == 0
+    assert r2["step"] == 20 and r2["stage"] == cfg["train"]["stage"] and r2["bad_steps"] == 0
 
     log_full, log_split = _log(tmp_path / "full"), _log(split)
     assert [r["step"] for r in log_split] == [5, 10, 15, 20]

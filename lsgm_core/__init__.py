@@ -2,7 +2,8 @@
 
 The layout follows the paper: sde (VP SDEs, time samplers), nets (encoder, decoder, U-Net),
 prior (mixed-score SGM prior), model (LSGM and the pixel baseline, NELBO losses), data,
-train, checkpoint.
+latents (the latent cache of the prior stage), train, checkpoint; quality measures samples against
+the VAE's own floor.
 """
 from .checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from .config import ConfigError, load_config

@@ -361,7 +361,9 @@ class Trainer:
                     else:
                         self.ema[k].copy_(v)
         stats = {k: v.item() for k, v in out.items() if v.dim() == 0}
-        stats.update({f"grad_norm_{k}": v.item() for k, v in norms.items()}, kl_coeff=kl)
+        stats.update({f"grad_norm_{k}": v.item() for k, v in norms.items()})
+        if self.stage != "prior":  # the prior stage has no KL term to weigh
+            stats["kl_coeff"] = kl
         if self.model.kind == "lsgm" and self.stage != 1:
             stats["alpha_mean"] = self.model.prior.alpha().mean().item()
         return stats

@@ -50,6 +50,13 @@ def test_copies_of_training_images_are_caught(default_model, data_dir):
     assert fresh["nn_train_distance_samples"]["median"] > 0.5 * fresh["nn_train_distance_test"]["median"]
 
 
+def test_posterior_reconstructions_do_not_depend_on_the_batch_size(default_model, data_dir):
+    test = load_dataset("binarized-mnist", "test", data_dir)
+    a = quality.posterior_reconstructions(default_model, test, torch.arange(60), seed=3, batch_size=60)
+    b = quality.posterior_reconstructions(default_model, test, torch.arange(60), seed=3, batch_size=25)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
 def test_posterior_floor_is_unpaired(default_model, data_dir):
     """Reconstructions of the reference's own images (paired) score far below those of training
     images (the floor): the pairing, not the decoder, makes the paired figure small."""

@@ -244,7 +244,7 @@ def bench_quality(args) -> dict:
     """Sample quality (FID against the test set) of each solver setting, with its NFE and wall time;
     for an LSGM also the posterior-reconstruction FID (the floor) and each FID's ratio to it."""
     from .features import fid_against_test_set
-    from .quality import posterior_fids
+    from .quality import fid_ratio, posterior_fids
 
     runs = {spec: parse_solver_run(spec) for spec in args.runs}
     if args.num < 2 or args.batch_size < 1:
@@ -265,7 +265,7 @@ def bench_quality(args) -> dict:
         result["runs"][spec] = {"nfe_per_batch": out.nfe / -(-args.num // args.batch_size),
                                 "seconds": round(seconds, 3), "fid": round(fid, 3)}
         if "posterior_fid" in result:
-            result["runs"][spec]["fid_ratio"] = round(fid / max(result["posterior_fid"], 1e-12), 3)
+            result["runs"][spec]["fid_ratio"] = round(fid_ratio(fid, result["posterior_fid"]), 3)
         print(json.dumps({spec: result["runs"][spec]}), file=sys.stderr, flush=True)
     return result
 

@@ -43,14 +43,11 @@ def sample_quality(model, data_dir, num: int, steps: int, seed: int, batch_size:
     except CheckpointError as e:
         raise CheckpointError(f"no feature classifier shipped for {dataset_name} ({e})") from None
     images = sample(model, num, "fast", steps=steps, seed=seed, batch_size=batch_size).images.cpu()
-    out = {"fid": features.fid_against_test_set(images, dataset_name, data_dir, n=num, seed=seed),
-           "fid_samples": num}
-    if model.kind == "lsgm":
-        out.update(quality.posterior_fids(model, num, data_dir, seed, batch_size))
-        out["fid_ratio"] = out["fid"] / max(out["posterior_fid"], 1e-12)
-        out.update(quality.class_balance(images, dataset_name, seed))
-        out.update(quality.copy_check(model, images, data_dir))
-    return out
+    if model.kind != "lsgm":
+        return {"fid": features.fid_against_test_set(images, dataset_name, data_dir, n=num, seed=seed),
+                "fid_samples": num}
+    return {**quality.sample_fids(model, images, data_dir, seed, batch_size), "fid_samples": num,
+            **quality.class_balance(images, dataset_name, seed), **quality.copy_check(model, images, data_dir)}
 
 
 def main(argv=None) -> int:

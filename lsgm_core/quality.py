@@ -26,8 +26,8 @@ import torch
 from . import features
 from .data import load_dataset
 
-__all__ = ["posterior_reconstructions", "posterior_fids", "class_balance", "nearest_train_distances",
-           "copy_check"]
+__all__ = ["posterior_reconstructions", "posterior_fids", "fid_ratio", "sample_fids", "class_balance",
+           "nearest_train_distances", "copy_check"]
 
 
 def posterior_reconstructions(model, dataset, idx: torch.Tensor, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
@@ -65,6 +65,21 @@ def posterior_fids(model, num: int, data_dir=None, seed: int = 0, batch_size: in
     paired = posterior_reconstructions(model, test, features.reference_indices(len(test), num), seed, batch_size)
     return {"posterior_fid": features.fid_against_test_set(floor, name, data_dir, n=num, seed=seed),
             "posterior_fid_paired": features.fid_against_test_set(paired, name, data_dir, n=num, seed=seed)}
+
+
+def fid_ratio(fid: float, posterior_fid: float) -> float:
+    """FID(samples) / FID(floor): 1 when the prior matches the aggregate posterior."""
+    return fid / max(posterior_fid, 1e-12)
+
+
+def sample_fids(model, images: torch.Tensor, data_dir=None, seed: int = 0, batch_size: int = 500) -> dict:
+    """The FID of `images` (the model's samples) against as many test images, with the posterior
+    floor at the same count and their ratio."""
+    num = len(images)
+    out = {"fid": features.fid_against_test_set(images, model.config["data"]["dataset"], data_dir, n=num, seed=seed),
+           **posterior_fids(model, num, data_dir, seed, batch_size)}
+    out["fid_ratio"] = fid_ratio(out["fid"], out["posterior_fid"])
+    return out
 
 
 def class_balance(images, dataset_name: str, seed: int = 0) -> dict:

@@ -479,14 +479,13 @@ class Trainer:
         out = {"test_bound_nelbo": round(bound_nelbo(model, self.test_set, self.eval_stage, limit=t["eval_images"]), 3),
                "eval_images": min(t["eval_images"], len(self.test_set))}
         if t["eval_fid"] and self.stage != 1:
-            from . import features, quality
+            from .quality import sample_fids
             from .solvers import sample
 
             model.eval()
             images = sample(model, t["eval_fid"], "fast", seed=0, batch_size=500).images.cpu()
-            fid = features.fid_against_test_set(images, self.cfg["data"]["dataset"], self.data_dir, n=t["eval_fid"])
-            floor = quality.posterior_fids(model, t["eval_fid"], self.data_dir)["posterior_fid"]
-            out.update(test_fid=round(fid, 3), posterior_fid=round(floor, 3), fid_ratio=round(fid / max(floor, 1e-12), 3),
+            fids = sample_fids(model, images, self.data_dir)
+            out.update(test_fid=round(fids.pop("fid"), 3), **{k: round(v, 3) for k, v in fids.items()},
                        fid_samples=t["eval_fid"])
         return out
 

@@ -4,7 +4,7 @@ All of them integrate from t = 1 down to ODE_EPS and work for any model whose `p
 ScorePrior (LSGM, or the pixel baseline PixelSGM whose "latent" is the image in [-1, 1]).
 
 End time. Training draws t in [t_eps, 1] (t_eps = 0.01); sampling and likelihood stop at
-ODE_EPS = 1e-5, the paper's protocol (DESIGN section 2). For the default geometric VPSDE this is
+ODE_EPS = 1e-5, the paper's protocol. For the default geometric VPSDE this is
 almost the same point: sigma(1e-5) = 0.01000 against sigma(t_eps) = 0.01047 (sigma2_min = 1e-4
 means sigma(0) = 0.01 and m(0) = 0.99995), so the network is asked barely outside its training
 range and z(ODE_EPS) still carries the SDE's noise floor of 0.01, far below the encoder's own

@@ -65,7 +65,7 @@ def test_score_matching_cross_entropy_matches_closed_form(sde, sampler):
     """CE(N(mu, s^2) || N(0, I)) = D/2 log(2 pi) + sum(s^2 + mu^2)/2, within 1%.
 
     400k samples: the Monte Carlo standard error is <= 0.13% of the CE (measured), and the
-    truncation of time to [t_eps, 1] biases it by 0.03% (VPSDE) and 0.24% (geometric, DESIGN.md).
+    truncation of time to [t_eps, 1] biases it by 0.03% (VPSDE) and 0.24% (geometric: q(z1) is not exactly N(0, I) at t = 1).
     """
     torch.manual_seed(0)
     shape = (2, 4, 4)
@@ -102,7 +102,7 @@ def _truncated_ce(sde, c, n=200_001):
 
 
 def test_design_numbers_in_one_dimension():
-    """DESIGN.md section 1: q(z0) = N(0.7, 0.3^2), p = N(0, 1), exact CE 1.20894."""
+    """The closed form in one dimension: q(z0) = N(0.7, 0.3^2), p = N(0, 1), exact CE 1.20894."""
     assert HALF_LOG_2PI + (0.7 ** 2 + 0.3 ** 2) / 2 == pytest.approx(1.20894, abs=1e-5)
     c = 0.7 ** 2 + 0.3 ** 2
     assert _truncated_ce(VPSDE(t_eps=0.01), c) == pytest.approx(1.20934, abs=1e-5)
@@ -215,7 +215,7 @@ def test_stage2_kl_with_alpha_zero_is_the_analytic_kl(gaussian_lsgm, sde, object
 
 def test_separate_objectives_route_gradients():
     """With a prior objective that differs from the encoder's, the NELBO moves only the VAE and
-    the prior's loss only the prior (DESIGN.md section 4)."""
+    the prior's loss only the prior."""
     torch.manual_seed(0)
     cfg = load_config(SMOKE, {"model": {"in_channels": 1, "crop": 2, "likelihood": "bernoulli",
                                         "prior": {"mixing_logit_init": 0.0}},

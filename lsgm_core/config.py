@@ -41,6 +41,7 @@ DEFAULTS: dict = {
         "lr_prior": 3e-4,
         "lr_mixing_logit": 1e-2,      # the per-channel mixing logits move from their init in few steps
         "lr_min_frac": 0.1,           # cosine decay of the VAE's learning rate down to this fraction
+        "lr_prior_schedule": "constant",  # the prior's: "constant" after warm-up, or "cosine" like the VAE's
         "warmup_steps": 100,
         "kl_start": 0.1,              # KL coefficient rises from kl_start to 1 over kl_warmup_frac
         "kl_warmup_frac": 0.2,
@@ -84,6 +85,18 @@ def merge(base: dict, override: dict, where: str = "") -> dict:
             out[key] = merge(base[key], value, path + ".")
         else:
             out[key] = value
+    return out
+
+
+def fill_defaults(saved: dict, base: dict = DEFAULTS) -> dict:
+    """A copy of a saved config with the keys it predates taken from `base`; keys it has (also ones
+    a run recorded there) are kept as saved."""
+    out = copy.deepcopy(saved)
+    for key, value in base.items():
+        if key not in out:
+            out[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(out[key], dict) and key != "sde":
+            out[key] = fill_defaults(out[key], value)
     return out
 
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_state, read_checkpoint, resolve_checkpoint, save_run_checkpoint
 from .cli import report
-from .config import ConfigError, load_config, merge
+from .config import ConfigError, fill_defaults, load_config, merge
 from .data import load_dataset
 from .latents import LatentCache
 from .model import build_model
@@ -141,7 +141,8 @@ class Trainer:
         if self.resume_from is not None:
             saved, _, _ = read_checkpoint(self.resume_from, parts=())
             saved["train"]["max_steps"] = config["train"]["max_steps"]
-            config = merge(saved, overrides or {})
+            # a run saved before a config key existed takes its default
+            config = merge(fill_defaults(saved), overrides or {})
         self.cfg = config
         t = config["train"]
         if t["num_threads"]:
@@ -154,6 +155,8 @@ class Trainer:
                               "VAE: set model.kind to \"lsgm\" and train.init_from to an LSGM checkpoint")
         if t["precision"] not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t['precision']!r}")
+        if t["lr_prior_schedule"] not in ("constant", "cosine"):
+            raise ConfigError(f"train.lr_prior_schedule must be \"constant\" or \"cosine\", got {t['lr_prior_schedule']!r}")
         if t["batch_size"] < self.world:
             raise ConfigError(f"train.batch_size {t['batch_size']} is smaller than the {self.world} processes")
 
@@ -193,7 +196,7 @@ class Trainer:
                 [{"params": self.model.vae_parameters(), "base_lr": t["lr_vae"], "schedule": "cosine"}])
         if trains_prior:
             net = [p for n, p in self.model.prior.named_parameters() if n != "mixing_logit"]
-            groups = [{"params": net, "base_lr": t["lr_prior"], "schedule": "constant"}]
+            groups = [{"params": net, "base_lr": t["lr_prior"], "schedule": t["lr_prior_schedule"]}]
             if self.model.prior.mixed:
                 groups.append({"params": [self.model.prior.mixing_logit], "base_lr": t["lr_mixing_logit"],
                                "schedule": "constant"})
@@ -289,7 +292,8 @@ class Trainer:
         return min(1.0, t["kl_start"] + (1.0 - t["kl_start"]) * step / ramp)
 
     def lr_factor(self, step: int, schedule: str) -> float:
-        """Linear warm-up, then constant (the prior) or cosine decay to lr_min_frac (the VAE)."""
+        """Linear warm-up, then constant or cosine decay to lr_min_frac over train.max_steps (the VAE's
+        always, the prior's with train.lr_prior_schedule = "cosine")."""
         t = self.cfg["train"]
         warm = min(1.0, (step + 1) / max(1, t["warmup_steps"]))
         if schedule == "constant":

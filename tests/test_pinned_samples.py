@@ -1,0 +1,35 @@
+"""Samples of two shipped models pinned to the values measured before the engine's refactor into
+registries: a refactor must leave every solver's output, for a given seed, where it was.
+
+Figures: the sum and the sum of squares of z0 and the mean pixel of 3 samples (seed 7,
+temperature 0.9). The tolerance covers CPU thread counts (1 against 2 threads moves the adaptive
+ODE's pixel-space samples by 2e-4 relative); any change of method, grid or noise moves them by
+far more.
+"""
+from pathlib import Path
+
+import pytest
+
+from lsgm_core import load_model
+from lsgm_core.solvers import sample
+
+CHECKPOINTS = Path(__file__).parents[1] / "checkpoints"
+PINNED = [
+    ("lsgm-bmnist-samples", "fast", {"steps": 5}, 5, -2.98439, 2862.45, 0.122823),
+    ("lsgm-bmnist-samples", "sde", {"steps": 8}, 8, -81.2418, 5433.8, 0.128177),
+    ("lsgm-bmnist-samples", "ode", {"atol": 1e-3, "rtol": 1e-3}, 20, 7.56815, 2731.16, 0.114067),
+    ("sgm-bmnist-pixel", "fast", {"steps": 5}, 5, -470.943, 4421.02, 0.476594),
+    ("sgm-bmnist-pixel", "sde", {"steps": 8}, 8, 8876.58, 1.40491e+07, 0.54281),
+    ("sgm-bmnist-pixel", "ode", {"atol": 1e-3, "rtol": 1e-3}, 74, -572.038, 1657.02, 0.462103),
+]
+
+
+@pytest.mark.parametrize("name,solver,kw,nfe,total,squares,mean_pixel", PINNED,
+                         ids=[f"{p[0]}-{p[1]}" for p in PINNED])
+def test_samples_stay_pinned(name, solver, kw, nfe, total, squares, mean_pixel):
+    result = sample(load_model(CHECKPOINTS / name), 3, solver, seed=7, temperature=0.9, **kw)
+    z = result.z0
+    assert result.nfe == nfe
+    assert z.pow(2).sum().item() == pytest.approx(squares, rel=1e-3)
+    assert z.sum().item() == pytest.approx(total, abs=1e-2 * squares ** 0.5)
+    assert result.images.mean().item() == pytest.approx(mean_pixel, rel=1e-3)

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per internal request otherwise
     from lsgm_core import CheckpointError
-    from lsgm_core.train import pick_device
+    from lsgm_core.device import pick_device
 
     from .common import Context
     from .images import Outputs

@@ -53,7 +53,8 @@ from .checkpoint import load_model
 from .cli import report
 from .config import load_config
 from .solvers import sample
-from .train import Trainer, pick_device
+from .device import pick_device
+from .train import Trainer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "bmnist.toml"
 

@@ -29,7 +29,7 @@ from .cli import report
 from .data import load_dataset
 from .likelihood import PROBES, bits_per_dim, data_dims, nelbo
 from .solvers import DEFAULT_STEPS, sample
-from .train import pick_device
+from .device import pick_device
 
 
 def sample_quality(model, data_dir, num: int, steps: int, seed: int, batch_size: int) -> dict:

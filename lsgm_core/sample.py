@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .checkpoint import load_model
 from .cli import report
 from .solvers import DEFAULT_STEPS, SOLVERS, sample
-from .train import pick_device
+from .device import pick_device
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:

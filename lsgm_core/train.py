@@ -31,6 +31,7 @@ from .checkpoint import CheckpointError, load_state, read_checkpoint, resolve_ch
 from .cli import report
 from .config import ConfigError, fill_defaults, load_config, merge
 from .data import load_dataset
+from .device import pick_device
 from .latents import LatentCache
 from .model import build_model
 
@@ -41,22 +42,6 @@ class TrainingError(RuntimeError):
 
 PRECISIONS = ("fp32", "bf16")
 STAGES = (1, 2, "prior")
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """`name` if given, else cuda, mps or cpu, whichever is available first."""
-    if name:
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError("--device mps was asked for, but MPS is not available here")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def resolve_model_config(cfg: dict, dataset) -> dict:

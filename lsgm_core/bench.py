@@ -26,12 +26,10 @@ test images (lsgm_core.features), its NFE per solve and wall time: what each sol
 For an LSGM it also gives the floor of those FIDs, the FID of decoded posterior samples of as many
 training images (lsgm_core.quality), and each run's `fid_ratio` to it.
 
-    python -m lsgm_core.bench app [--checkpoint PATH] [--clicks N] [--map-points N] [--device D]
+The app's own benchmark (cold start, a Sample click, a latent map) lives with the app:
+`python -m app.bench` (app/bench.py), so that lsgm_core never imports the app.
 
-`app` launches `python -m app` and times it as a user meets it (app/bench.py): cold start to the
-first page, a Sample click at the tab's defaults, a latent map of 5,000 points after warm-up.
-
-Adding a subcommand (`sampling`, `app`, ...): write `add_<name>_args(parser)` and
+Adding a subcommand (`sampling`, ...): write `add_<name>_args(parser)` and
 `bench_<name>(args) -> dict`, and register them in COMMANDS. `main` builds the parser, runs the
 function and prints its dict as JSON; ConfigError, DataError, CheckpointError and ValueError become
 "error: ..." on stderr and exit status 2.
@@ -52,7 +50,7 @@ import torch
 from .checkpoint import load_model
 from .cli import report
 from .config import load_config
-from .solvers import sample
+from .solvers import parse_setting, sample, setting_forms
 from .device import pick_device
 from .train import Trainer
 
@@ -134,7 +132,6 @@ def bench_train(args) -> dict:
                         torch.cuda.reset_peak_memory_stats(device)
                     start = time.perf_counter()
                 skipped += trainer.train_step() is None
-                trainer.step += 1
             _sync(device)
             seconds = time.perf_counter() - start
             model = trainer.model
@@ -153,27 +150,12 @@ def bench_train(args) -> dict:
 
 # --------------------------------------------------------------------------- sampling
 
-def parse_solver_run(spec: str) -> dict:
-    """"ode:1e-5" (atol = rtol), "fast:10" or "sde:1000" (steps) -> sample() options."""
-    solver, _, value = spec.partition(":")
-    try:
-        if solver == "ode":
-            tol = float(value)
-            if tol > 0:
-                return {"solver": "ode", "atol": tol, "rtol": tol}
-        elif solver in ("fast", "sde") and int(value) > 0:
-            return {"solver": solver, "steps": int(value)}
-    except ValueError:
-        pass
-    raise ValueError(f"solver run {spec!r}: write ode:TOL (TOL > 0), fast:STEPS or sde:STEPS (STEPS > 0)")
-
-
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="the model to time (an LSGM checkpoint or run folder)")
     p.add_argument("--baseline", help="a second checkpoint (the pixel baseline) to time the same way and compare")
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 256], help="numbers of samples (default 16 256)")
     p.add_argument("--runs", nargs="+", default=["ode:1e-5", "ode:1e-3", "sde:1000", "fast:20", "fast:10"],
-                   help="solver settings: ode:TOL, fast:STEPS, sde:STEPS (default: %(default)s)")
+                   help=f"solver settings: {setting_forms()} (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=1,
                    help="time each run this many times and keep the best (default 1)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -205,7 +187,7 @@ def _time_sampling(model, device: torch.device, runs: dict[str, dict], args, rol
 
 def bench_sampling(args) -> dict:
     """NFE and wall time of every sampler for 16 and 256 samples, and the speed-up over a baseline."""
-    runs = {spec: parse_solver_run(spec) for spec in args.runs}
+    runs = {spec: parse_setting(spec) for spec in args.runs}
     if min(args.sizes) < 1 or args.repeats < 1:
         raise ValueError("--sizes and --repeats must be positive")
     device = pick_device(args.device)
@@ -233,7 +215,7 @@ def bench_sampling(args) -> dict:
 def add_quality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="the model (an LSGM or pixel checkpoint or run folder)")
     p.add_argument("--runs", nargs="+", default=["ode:1e-5", "ode:1e-3", "fast:5", "fast:10", "fast:20", "sde:1000"],
-                   help="solver settings: ode:TOL, fast:STEPS, sde:STEPS (default: %(default)s)")
+                   help=f"solver settings: {setting_forms()} (default: %(default)s)")
     p.add_argument("--num", type=int, default=10000, help="samples per setting, and test images (default 10000)")
     p.add_argument("--batch-size", type=int, default=2500, help="samples per solve (default 2500)")
     p.add_argument("--data-dir", help="data folder, only where the test statistics are not shipped")
@@ -247,7 +229,7 @@ def bench_quality(args) -> dict:
     from .features import fid_against_test_set
     from .quality import fid_ratio, posterior_fids
 
-    runs = {spec: parse_solver_run(spec) for spec in args.runs}
+    runs = {spec: parse_setting(spec) for spec in args.runs}
     if args.num < 2 or args.batch_size < 1:
         raise ValueError("--num must be at least 2 and --batch-size positive")
     device = pick_device(args.device)
@@ -271,30 +253,12 @@ def bench_quality(args) -> dict:
     return result
 
 
-# --------------------------------------------------------------------------- app
-# The app's benchmark lives with the app (app/bench.py, also `python -m app.bench`); imported only
-# here, in the functions, so that lsgm_core itself never needs gradio.
-
-def add_app_args(p: argparse.ArgumentParser) -> None:
-    from app.bench import add_app_args as add
-
-    add(p)
-
-
-def bench_app(args) -> dict:
-    """Cold start of `python -m app`, a default Sample click and a 5,000-point latent map."""
-    from app.bench import bench_app as run
-
-    return run(args)
-
-
 # --------------------------------------------------------------------------- entry point
 
 COMMANDS = {
     "train": (add_train_args, bench_train),
     "sampling": (add_sampling_args, bench_sampling),
     "quality": (add_quality_args, bench_quality),
-    "app": (add_app_args, bench_app),
 }
 
 

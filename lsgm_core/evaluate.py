@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError, load_model
 from .cli import report
 from .data import load_dataset
 from .likelihood import PROBES, bits_per_dim, data_dims, nelbo
-from .solvers import DEFAULT_STEPS, sample
+from .solvers import SOLVERS, sample
 from .device import pick_device
 
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of binarisation, z0 draws and probes (default 0)")
     ap.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     ap.add_argument("--fid", action="store_true", help="also compute the FID of samples against the test set")
-    ap.add_argument("--fid-steps", type=int, default=DEFAULT_STEPS["fast"], help="fast-solver steps for --fid samples")
+    ap.add_argument("--fid-steps", type=int, default=SOLVERS["fast"].default_steps, help="fast-solver steps for --fid samples")
     ap.add_argument("--fid-samples", type=int,
                     help="samples (and test images) for --fid (default: as many as images evaluated)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

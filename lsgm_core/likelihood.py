@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .solvers import ODE_EPS, _Field, integrate
+from .solvers import ODE_EPS, ProbabilityFlow, integrate
 
 LOG_2PI = math.log(2.0 * math.pi)
 PROBES = ("rademacher", "gaussian")
@@ -47,7 +47,7 @@ def log_prob_ode(prior, z0: torch.Tensor, *, atol: float = 1e-5, rtol: float = 1
     else:
         generator.manual_seed(int(seed))
     e = _probes(probes, num_probes, z0.shape, generator).to(z0)
-    field = _Field(prior, alpha)
+    field = ProbabilityFlow(prior, alpha)
 
     def augmented(t, state):
         z = state[0].detach().requires_grad_(True)

@@ -9,7 +9,6 @@ Progress goes to stderr, one JSON line with nfe, seconds, num, solver to stdout.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -17,9 +16,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import atomic
 from .checkpoint import load_model
 from .cli import report
-from .solvers import DEFAULT_STEPS, SOLVERS, sample
+from .solvers import SOLVERS, sample, solver_options
 from .device import pick_device
 
 
@@ -30,29 +30,20 @@ def images_to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def add_solver_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--solver", default="fast", choices=SOLVERS,
-                    help="ode: adaptive dopri5; sde: Euler-Maruyama; fast: exponential integrator (default)")
-    ap.add_argument("--atol", type=float, help="ode only: absolute tolerance (default 1e-5)")
-    ap.add_argument("--rtol", type=float, help="ode only: relative tolerance (default 1e-5)")
-    ap.add_argument("--steps", type=int, help="sde and fast only: number of steps "
-                    f"(default {DEFAULT_STEPS['sde']} for sde, {DEFAULT_STEPS['fast']} for fast)")
+    """--solver and the options of every solver in the registry (lsgm_core.solvers.SOLVERS)."""
+    by = lambda kind: [n for n, s in SOLVERS.items() if s.controlled_by == kind]  # noqa: E731
+    ap.add_argument("--solver", default="fast", choices=list(SOLVERS),
+                    help="; ".join(f"{n}: {s.label}" for n, s in SOLVERS.items()) + " (default fast)")
+    tol = ", ".join(f"{SOLVERS[n].default_tol:g} for {n}" for n in by("tolerance"))
+    ap.add_argument("--atol", type=float, help=f"{', '.join(by('tolerance'))} only: absolute tolerance (default {tol})")
+    ap.add_argument("--rtol", type=float, help=f"{', '.join(by('tolerance'))} only: relative tolerance (default {tol})")
+    steps = ", ".join(f"{SOLVERS[n].default_steps} for {n}" for n in by("steps"))
+    ap.add_argument("--steps", type=int, help=f"{', '.join(by('steps'))} only: number of steps (default {steps})")
 
 
 def solver_kwargs(args) -> dict:
     """The solver options of parsed arguments, checked; ValueError names the offending flag."""
-    if args.solver == "ode":
-        if args.steps is not None:
-            raise ValueError("--steps applies to --solver sde and fast; the ode solver takes --atol and --rtol")
-        kw = {"atol": 1e-5 if args.atol is None else args.atol, "rtol": 1e-5 if args.rtol is None else args.rtol}
-        for name, value in kw.items():
-            if not value > 0:
-                raise ValueError(f"--{name} must be positive, got {value}")
-        return kw
-    if args.atol is not None or args.rtol is not None:
-        raise ValueError(f"--atol and --rtol apply to --solver ode; --solver {args.solver} takes --steps")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}")
-    return {"steps": DEFAULT_STEPS[args.solver] if args.steps is None else args.steps}
+    return solver_options(args.solver, args.steps, args.atol, args.rtol, flag=lambda name: f"--{name}")
 
 
 def progress_callback(bar: tqdm):
@@ -98,11 +89,13 @@ def draw(args) -> dict:
         result = sample(model, args.num, args.solver, alpha=args.alpha, temperature=args.temperature,
                         seed=args.seed, batch_size=args.batch_size, callback=progress_callback(bar), **kw)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
-        np.savez(f, images=images_to_uint8(result.images), z0=result.z0.cpu().numpy())
-    os.replace(tmp, out)
+    images, z0 = images_to_uint8(result.images), result.z0.cpu().numpy()
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
+            np.savez(f, images=images, z0=z0)
+
+    atomic.atomic_write(out, write)
     return {"checkpoint": model.meta["path"], "kind": model.kind, "out": str(out), "num": args.num,
             "solver": args.solver, **kw, "nfe": result.nfe, "seconds": round(result.seconds, 4), "seed": args.seed,
             "temperature": args.temperature, "alpha": args.alpha, "device": str(device),

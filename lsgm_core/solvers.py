@@ -37,9 +37,7 @@ import torch.nn.functional as F
 from torchdiffeq import odeint
 
 ODE_EPS = 1e-5
-SOLVERS = ("ode", "sde", "fast")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's, for ode_solve
-DEFAULT_STEPS = {"sde": 1000, "fast": 20}
 # the fast solver's multistep order (its first steps use the history they have). Third order against
 # second, 20 steps, max |z0 - z0_exact|: Gaussian data 7e-4..7e-3 relative against 1e-2..4e-2; the tiny
 # trained model at alpha = 1, 7e-3 against 5e-2 (dopri5 at 1e-7 as reference)
@@ -67,13 +65,17 @@ class SampleResult:
     trajectory: Trajectory | None
 
 
-class _Field:
-    """The prior's eps_hat at a fixed alpha and the probability-flow drift, counting evaluations."""
+class ProbabilityFlow:
+    """The prior's eps_hat at a fixed alpha and its probability-flow drift, counting network evaluations.
+
+    Every solver evaluates the prior through one of these: `nfe` counts the calls, `report(t, nfe)`
+    (progress, cancellation) sees each one, and `on_step(t, h)` each accepted step of an adaptive
+    solve (torchdiffeq calls `callback_accept_step`).
+    """
 
     def __init__(self, prior, alpha=None, report: Callable[[float, int], None] | None = None):
         self.prior, self.alpha, self.report, self.nfe = prior, alpha, report, 0
-        self.step_sizes: list[float] = []
-        self.step_times: list[float] = []
+        self.on_step: Callable[[float, float], None] | None = None
 
     @staticmethod
     def _ts(t, z: torch.Tensor) -> torch.Tensor:
@@ -108,8 +110,8 @@ class _Field:
         return self.drift(t, z)
 
     def callback_accept_step(self, t0, y0, dt):
-        self.step_times.append(float(t0))
-        self.step_sizes.append(abs(float(dt)))
+        if self.on_step is not None:
+            self.on_step(float(t0), abs(float(dt)))
 
 
 def _record_grid(record_times: int | Sequence[float], t_start: float, t_end: float) -> list[float]:
@@ -138,6 +140,60 @@ def integrate(func, y0, times: Sequence[float], *, atol: float, rtol: float, met
     return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options={"step_t": t[-1:]})
 
 
+class Recorder:
+    """An observer that keeps a trajectory: the states a solver reports at or nearest the requested times.
+
+    Solvers report every state of their path (`state(t, z, eps)`, eps where they evaluated it there)
+    and every step (`step(t, h)`). A solver with dense output (the adaptive ODE) integrates through
+    `times` and reports exactly there; fixed-step solvers report their own grid, and the recorder keeps
+    the grid point nearest each requested time (so maybe fewer, where two times share one). Only those
+    states are held, whatever the number of steps. z0_hat comes from the solver's eps where it had one,
+    else from one more network evaluation (counted in the field's NFE) when the trajectory is built.
+    """
+
+    def __init__(self, record_times: int | Sequence[float], t_start: float, t_end: float):
+        self.times = _record_grid(record_times, t_start, t_end)
+        self._best: list[tuple[float, float, torch.Tensor, torch.Tensor | None] | None] = [None] * len(self.times)
+        self.step_times: list[float] = []
+        self.step_sizes: list[float] = []
+
+    def state(self, t: float, z: torch.Tensor, eps: torch.Tensor | None = None) -> None:
+        for i, r in enumerate(self.times):
+            gap = abs(t - r)
+            if self._best[i] is None or gap < self._best[i][0]:  # ties: the earlier state, as argmin
+                self._best[i] = (gap, t, z, eps)
+
+    def step(self, t: float, h: float) -> None:
+        self.step_times.append(t)
+        self.step_sizes.append(h)
+
+    def trajectory(self, field: ProbabilityFlow) -> Trajectory:
+        kept, seen = [], set()
+        for best in self._best:
+            if best is not None and best[1] not in seen:
+                seen.add(best[1])
+                kept.append(best[1:])
+        z0_hat = torch.stack([field.z0_hat(z, t, eps) for t, z, eps in kept])
+        return Trajectory(torch.tensor([t for t, _, _ in kept]).float(), torch.stack([z for _, z, _ in kept]),
+                          z0_hat, self.step_sizes, self.step_times)
+
+
+def _flow(field: ProbabilityFlow, z: torch.Tensor, t_start: float, t_end: float, atol: float, rtol: float,
+          observer: Recorder | None = None, method: str = "dopri5") -> torch.Tensor:
+    """The probability-flow ODE from t_start to t_end by an adaptive method, whole batch in one solve;
+    an observer's times are dense-output points of the solve (no extra steps)."""
+    if atol <= 0 or rtol <= 0:
+        raise ValueError(f"atol and rtol must be positive, got atol={atol}, rtol={rtol}")
+    wanted = list(observer.times) if observer is not None else []
+    times = sorted({t_start, t_end, *wanted}, reverse=t_start > t_end)
+    field.on_step = observer.step if observer is not None else None
+    with torch.no_grad():
+        path = integrate(field, z, times, atol=atol, rtol=rtol, method=method)
+    for r in wanted:
+        observer.state(r, path[times.index(r)])
+    return path[-1]
+
+
 def ode_solve(prior, z: torch.Tensor, t_start: float, t_end: float, *, atol: float = 1e-5, rtol: float = 1e-5,
               alpha=None, record_times: int | Sequence[float] | None = None, method: str = "dopri5",
               callback: Callable[[dict], None] | None = None) -> tuple[torch.Tensor, int, Trajectory | None]:
@@ -147,24 +203,16 @@ def ode_solve(prior, z: torch.Tensor, t_start: float, t_end: float, *, atol: flo
     (dense output of the solver, so recording adds no steps; z0_hat costs one evaluation per time).
     The error norm is the RMS over the whole batch, as with scipy's RK45.
     """
-    if atol <= 0 or rtol <= 0:
-        raise ValueError(f"atol and rtol must be positive, got atol={atol}, rtol={rtol}")
     report = None
     if callback is not None:
         span = abs(t_start - t_end)
         report = lambda t, n: callback({"t": t, "nfe": n, "done": abs(t_start - t) / span})  # noqa: E731
-    field = _Field(prior, alpha, report)
-    record = _record_grid(record_times, t_start, t_end) if record_times is not None else []
-    times = sorted({t_start, t_end, *record}, reverse=t_start > t_end)
+    field = ProbabilityFlow(prior, alpha, report)
+    recorder = Recorder(record_times, t_start, t_end) if record_times is not None else None
+    z_end = _flow(field, z, t_start, t_end, atol, rtol, recorder, method)
     with torch.no_grad():
-        path = integrate(field, z, times, atol=atol, rtol=rtol, method=method)
-    traj = None
-    if record:
-        idx = [times.index(r) for r in record]
-        with torch.no_grad():
-            z0_hat = torch.stack([field.z0_hat(path[i], times[i]) for i in idx])
-        traj = Trajectory(torch.tensor(record), path[idx], z0_hat, field.step_sizes, field.step_times)
-    return path[-1], field.nfe, traj
+        traj = recorder.trajectory(field) if recorder is not None else None
+    return z_end, field.nfe, traj
 
 
 def ode_encode(prior, z0: torch.Tensor, **kw) -> tuple[torch.Tensor, int]:
@@ -232,58 +280,144 @@ def _newton_differences(lams: list[float], values: list[torch.Tensor]) -> list[t
     return out
 
 
-def _grid_record(record_times, t: torch.Tensor) -> list[int]:
-    """Grid indices nearest to the requested times (fixed-step solvers record on their own grid)."""
-    req = _record_grid(record_times, 1.0, t[-1].item())
-    return sorted({int((t - r).abs().argmin()) for r in req})
+def _report_grid(observer: Recorder | None, t: torch.Tensor, z: torch.Tensor) -> None:
+    """A fixed-step solve's end: its last state and every step of its grid."""
+    if observer is None:
+        return
+    observer.state(t[-1].item(), z)
+    for start, h in zip(t[:-1].tolist(), (t[:-1] - t[1:]).tolist()):
+        observer.step(start, h)
 
 
-def _fixed_step_solve(field: _Field, z: torch.Tensor, solver: str, steps: int, generator: torch.Generator,
-                      record_times, t_end: float = ODE_EPS) -> tuple[torch.Tensor, Trajectory | None]:
-    """The fast exponential integrator or Euler-Maruyama on the reverse SDE, on a log-SNR grid."""
+# The solvers. One signature: (field, z1, *, t_end, steps, atol, rtol, generator, observer) -> z(t_end);
+# each reads the options it is set by and ignores the others, which `solver_options` has refused.
+def ode(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, steps=None, atol: float = 1e-5,
+        rtol: float = 1e-5, generator=None, observer: Recorder | None = None) -> torch.Tensor:
+    """Adaptive dopri5 on the probability-flow ODE, at atol/rtol."""
+    return _flow(field, z, 1.0, t_end, atol, rtol, observer)
+
+
+def fast(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, steps: int = 20, atol=None, rtol=None,
+         generator=None, observer: Recorder | None = None) -> torch.Tensor:
+    """The multistep exponential integrator of the probability-flow ODE (module docstring), on a
+    log-SNR grid of `steps` steps, one network evaluation each."""
     prior = field.prior
-    sde = prior.sde
-    t, lam = time_grid(sde, steps, t_end)
+    prior_sde = prior.sde
+    t, lam = time_grid(prior_sde, steps, t_end)
     view = (1, -1) + (1,) * (z.dim() - 2)
     alpha = prior.alpha(field.alpha).detach().to(torch.float64).cpu()
-    rec = _grid_record(record_times, t) if record_times is not None else []
-    zs, hats = [], []
+    a = alpha.to(z).view(view)
+    # every step's weights depend on the grid and alpha alone: all of them in one call. Step i's
+    # nodes are lambda_i, lambda_i-1, ...; the first steps pad theirs with lambda_0 and use only
+    # the nodes and weights their history has
+    nodes = lam[(torch.arange(steps)[:, None] - torch.arange(FAST_ORDER)[None]).clamp(min=0)]
+    phis, ws = (w.to(z) for w in exp_weights(lam[:-1], lam[1:], alpha, nodes))
     hist_v: list[torch.Tensor] = []  # the latest v, newest first, for the multistep update
-    if solver == "fast":
-        a = alpha.to(z).view(view)
-        # every step's weights depend on the grid and alpha alone: all of them in one call. Step i's
-        # nodes are lambda_i, lambda_i-1, ...; the first steps pad theirs with lambda_0 and use only
-        # the nodes and weights their history has
-        nodes = lam[(torch.arange(steps)[:, None] - torch.arange(FAST_ORDER)[None]).clamp(min=0)]
-        phis, ws = (w.to(z) for w in exp_weights(lam[:-1], lam[1:], alpha, nodes))
     for i in range(steps):
         s = t[i].item()
         eps = field.eps(z, s)
-        sigma, m = field.coef(sde.sigma, s, z), field.coef(sde.mean_coef, s, z)
-        if i in rec:
-            zs.append(z)
-            hats.append(field.z0_hat(z, s, eps))
-        if solver == "fast":
-            v = (a * z - sigma * (eps - (1.0 - a) * (sigma * z))) / m
-            hist_v = [v] + hist_v[:FAST_ORDER - 1]
-            z_next = phis[i].view(view) * z
-            for w_k, d_k in zip(ws[i], _newton_differences(nodes[i, :len(hist_v)].tolist(), hist_v)):
-                z_next = z_next + w_k.view(view) * d_k
-        else:
-            dt = s - t[i + 1].item()
-            beta = field.coef(sde.beta, s, z)
-            z_next = z - dt * (0.5 * beta * z + beta / sigma * (eps - sigma * z))
-            if i < steps - 1:  # the last step is taken without noise
-                noise = torch.randn(z.shape, generator=generator).to(z)
-                z_next = z_next + (beta * dt).sqrt() * noise
+        if observer is not None:
+            observer.state(s, z, eps)
+        sigma, m = field.coef(prior_sde.sigma, s, z), field.coef(prior_sde.mean_coef, s, z)
+        v = (a * z - sigma * (eps - (1.0 - a) * (sigma * z))) / m
+        hist_v = [v] + hist_v[:FAST_ORDER - 1]
+        z_next = phis[i].view(view) * z
+        for w_k, d_k in zip(ws[i], _newton_differences(nodes[i, :len(hist_v)].tolist(), hist_v)):
+            z_next = z_next + w_k.view(view) * d_k
         z = z_next
-    if steps in rec:
-        zs.append(z)
-        hats.append(field.z0_hat(z, t_end))
-    if not rec:
-        return z, None
-    dts = (t[:-1] - t[1:]).tolist()
-    return z, Trajectory(t[rec].float(), torch.stack(zs), torch.stack(hats), dts, t[:-1].tolist())
+    _report_grid(observer, t, z)
+    return z
+
+
+def sde(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, steps: int = 1000, atol=None,
+        rtol=None, generator: torch.Generator | None = None, observer: Recorder | None = None) -> torch.Tensor:
+    """Euler-Maruyama on the reverse SDE, on a log-SNR grid of `steps` steps; the last one without
+    noise. The noise comes from `generator` (a CPU one), so a seed gives the same samples anywhere."""
+    prior_sde = field.prior.sde
+    t, _ = time_grid(prior_sde, steps, t_end)
+    for i in range(steps):
+        s = t[i].item()
+        eps = field.eps(z, s)
+        if observer is not None:
+            observer.state(s, z, eps)
+        sigma, beta = field.coef(prior_sde.sigma, s, z), field.coef(prior_sde.beta, s, z)
+        dt = s - t[i + 1].item()
+        z_next = z - dt * (0.5 * beta * z + beta / sigma * (eps - sigma * z))
+        if i < steps - 1:
+            noise = torch.randn(z.shape, generator=generator).to(z)
+            z_next = z_next + (beta * dt).sqrt() * noise
+        z = z_next
+    _report_grid(observer, t, z)
+    return z
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """A sampler as `sample`, the CLIs, `bench` and the app see it."""
+    fn: Callable[..., torch.Tensor]
+    controlled_by: str                 # "steps" (fixed steps) or "tolerance" (atol and rtol of an adaptive method)
+    label: str                         # a short description for --help and the app
+    default_steps: int | None = None   # for "steps"
+    default_tol: float | None = None   # for "tolerance": atol = rtol
+    stochastic: bool = False           # draws noise of its own beyond z1 (then batch_size changes samples)
+
+
+# Adding a solver: one function with the signature above and one entry here.
+SOLVERS: dict[str, SolverSpec] = {
+    "ode": SolverSpec(ode, "tolerance", "adaptive dopri5 on the probability-flow ODE", default_tol=1e-5),
+    "sde": SolverSpec(sde, "steps", "Euler-Maruyama on the reverse SDE", default_steps=1000, stochastic=True),
+    "fast": SolverSpec(fast, "steps", "multistep exponential integrator of the probability-flow ODE",
+                       default_steps=20),
+}
+
+
+def solver_options(solver: str, steps: int | None = None, atol: float | None = None, rtol: float | None = None,
+                   flag: Callable[[str], str] = str) -> dict:
+    """The checked options of `solver`, defaults filled in: {"steps": N} or {"atol": a, "rtol": r}.
+
+    Options of the other kind are refused, not ignored. `flag` names the options in messages
+    (the CLI passes lambda n: "--" + n).
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    spec = SOLVERS[solver]
+    by_steps = [n for n, s in SOLVERS.items() if s.controlled_by == "steps"]
+    by_tol = [n for n, s in SOLVERS.items() if s.controlled_by == "tolerance"]
+    if spec.controlled_by == "tolerance":
+        if steps is not None:
+            raise ValueError(f"{flag('steps')} applies to the {', '.join(by_steps)} solvers; the {solver} solver "
+                             f"is set by {flag('atol')} and {flag('rtol')}")
+        options = {"atol": spec.default_tol if atol is None else atol, "rtol": spec.default_tol if rtol is None else rtol}
+        for name, value in options.items():
+            if not value > 0:
+                raise ValueError(f"{flag(name)} must be positive, got {value}")
+        return options
+    if atol is not None or rtol is not None:
+        raise ValueError(f"{flag('atol')} and {flag('rtol')} apply to the {', '.join(by_tol)} solvers; "
+                         f"the {solver} solver takes {flag('steps')}")
+    steps = spec.default_steps if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"{flag('steps')} must be at least 1, got {steps}")
+    return {"steps": int(steps)}
+
+
+def setting_forms() -> str:
+    """How to write a setting of each registered solver: "ode:TOL, sde:STEPS, fast:STEPS"."""
+    return ", ".join(f"{n}:{'TOL' if s.controlled_by == 'tolerance' else 'STEPS'}" for n, s in SOLVERS.items())
+
+
+def parse_setting(text: str) -> dict:
+    """"ode:1e-5" (atol = rtol) or "fast:10" (steps) -> sample()'s keyword arguments, checked."""
+    solver, _, value = text.partition(":")
+    spec = SOLVERS.get(solver)
+    try:
+        if spec is None or not value:
+            raise ValueError
+        if spec.controlled_by == "tolerance":
+            return {"solver": solver, **solver_options(solver, atol=float(value), rtol=float(value))}
+        return {"solver": solver, **solver_options(solver, steps=int(value))}
+    except ValueError:
+        raise ValueError(f"solver setting {text!r}: write {setting_forms()} (TOL > 0, STEPS > 0)") from None
 
 
 # sampling ----------------------------------------------------------------------------------------
@@ -293,39 +427,31 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def sample(model, num: int, solver: str = "fast", *, atol: float = 1e-5, rtol: float = 1e-5,
+def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, rtol: float | None = None,
            steps: int | None = None, alpha: float | torch.Tensor | None = None, temperature: float = 1.0,
            seed: int | None = 0, record_times: int | Sequence[float] | None = None, device=None,
            batch_size: int | None = None, z1: torch.Tensor | None = None,
            callback: Callable[[dict], None] | None = None) -> SampleResult:
     """Draw `num` samples: z1 ~ N(0, T^2 I), integrate to ODE_EPS with `solver`, decode.
 
-    solver "ode": adaptive dopri5 at atol/rtol; "sde": Euler-Maruyama with `steps` (default 1000),
-    the last step noise-free; "fast": the exponential integrator with `steps` (default 20), one
-    network evaluation per step. All random draws (z1, SDE noise) come from a local CPU generator
-    seeded with `seed`, so a seed gives the same samples on any device (seed None: fresh ones);
-    z1 does not depend on batch_size, the SDE's noise does. A given `z1` is used as is.
-    `alpha` overrides the prior's mixing coefficients; `device` moves the model there (default: where
-    it is). `callback` receives {"solver", "t", "nfe", "done", "batch", "batches"} at every
-    network evaluation; raising from it aborts the sampling.
+    `solver` names an entry of SOLVERS: "ode" is set by atol/rtol (default 1e-5), "sde" (default
+    1000 steps) and "fast" (default 20) by `steps`; options of the other kind are refused. All random
+    draws (z1, SDE noise) come from a local CPU generator seeded with `seed`, so a seed gives the same
+    samples on any device (seed None: fresh ones); z1 does not depend on batch_size, the SDE's noise
+    does. A given `z1` is used as is. `alpha` overrides the prior's mixing coefficients; `device`
+    moves the model there (default: where it is). `record_times` keeps a trajectory (`Recorder`).
+    `callback` receives {"solver", "t", "nfe", "done", "batch", "batches"} at every network
+    evaluation; raising from it aborts the sampling.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    options = solver_options(solver, steps, atol, rtol)
     if num <= 0:
         raise ValueError(f"the number of samples must be positive, got {num}")
-    if solver == "ode":
-        if steps is not None:
-            raise ValueError("steps applies to the sde and fast solvers; the ode solver is set by atol and rtol")
-        if atol <= 0 or rtol <= 0:
-            raise ValueError(f"atol and rtol must be positive, got atol={atol}, rtol={rtol}")
-    else:
-        steps = DEFAULT_STEPS[solver] if steps is None else steps
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if batch_size is not None and batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if record_times is not None:
+        Recorder(record_times, 1.0, ODE_EPS)  # refuses bad times before any work
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device)
     shape = tuple(model.prior.shape)
@@ -350,18 +476,13 @@ def sample(model, num: int, solver: str = "fast", *, atol: float = 1e-5, rtol: f
             report = lambda t, n, b=b, base=nfe: callback({  # noqa: E731
                 "solver": solver, "t": t, "nfe": base + n, "batch": b, "batches": len(chunks),
                 "done": (b + (1.0 - t) / (1.0 - ODE_EPS)) / len(chunks)})
-        if solver == "ode":
-            z0, n, traj = ode_solve(model.prior, chunk, 1.0, ODE_EPS, atol=atol, rtol=rtol, alpha=alpha,
-                                    record_times=record_times,
-                                    callback=(lambda d: report(d["t"], d["nfe"])) if report else None)
-        else:
-            field = _Field(model.prior, alpha, report)
-            with torch.no_grad():
-                z0, traj = _fixed_step_solve(field, chunk, solver, steps, generator, record_times)
-            n = field.nfe
-        outs.append(z0)
-        trajs.append(traj)
-        nfe += n
+        field = ProbabilityFlow(model.prior, alpha, report)
+        recorder = Recorder(record_times, 1.0, ODE_EPS) if record_times is not None else None
+        with torch.no_grad():
+            outs.append(SOLVERS[solver].fn(field, chunk, t_end=ODE_EPS, generator=generator, observer=recorder,
+                                           **options))
+            trajs.append(recorder.trajectory(field) if recorder is not None else None)
+        nfe += field.nfe
     z0 = torch.cat(outs)
     with torch.no_grad():
         images = torch.cat([model.decode_images(c) for c in z0.split(batch_size)])

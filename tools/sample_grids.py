@@ -2,6 +2,8 @@
 
     python tools/sample_grids.py [--solver fast --steps 20] [--out assets/samples]
 
+The solver options are those of `python -m lsgm_core.sample` (any solver of the registry).
+
 One PNG per checkpoint folder in checkpoints/ (the feature classifiers excepted), named after it.
 """
 import argparse
@@ -15,23 +17,24 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from app.images import grid  # noqa: E402
 from app.paths import ASSETS, CHECKPOINTS  # noqa: E402
 from lsgm_core import load_model  # noqa: E402
+from lsgm_core.sample import add_solver_args, solver_kwargs  # noqa: E402
 from lsgm_core.solvers import sample  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--solver", default="fast", choices=("fast", "ode", "sde"))
-    ap.add_argument("--steps", type=int, default=20)
+    add_solver_args(ap)
     ap.add_argument("--num", type=int, default=64)
     ap.add_argument("--out", default=str(ASSETS / "samples"))
     args = ap.parse_args()
+    kw = solver_kwargs(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for folder in sorted(CHECKPOINTS.iterdir()):
         if not (folder / "meta.json").is_file():
             continue
         model = load_model(folder)
-        result = sample(model, args.num, args.solver, steps=args.steps, seed=0)
+        result = sample(model, args.num, args.solver, seed=0, **kw)
         grid(result.images, ncol=8).save(out / f"{folder.name}.png", optimize=True)
         print(json.dumps({"checkpoint": folder.name, "png": str(out / f"{folder.name}.png"), "nfe": result.nfe,
                           "seconds": round(result.seconds, 2)}))

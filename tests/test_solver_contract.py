@@ -1,0 +1,123 @@
+"""One contract for every solver of the registry (lsgm_core.solvers.SOLVERS), as diffusers runs one
+test class over all its schedulers: a solver added there is tested here without a line more."""
+import argparse
+
+import pytest
+import torch
+from solver_stubs import SDES, GaussianPrior, Wrap, random_prior
+
+from lsgm_core import solvers
+from lsgm_core.sample import add_solver_args, solver_kwargs
+from lsgm_core.solvers import ODE_EPS, SOLVERS, SolverSpec, parse_setting, sample, solver_options
+
+torch.set_num_threads(1)
+NAMES = list(SOLVERS)
+
+
+def coarse_and_fine(spec: SolverSpec) -> tuple[dict, dict]:
+    """A cheap setting and a more accurate one: tolerance / 1000, steps x 4 (x 16 for a stochastic
+    solver, whose weak error falls as 1 / steps)."""
+    if spec.controlled_by == "tolerance":
+        return {"atol": 1e-3, "rtol": 1e-3}, {"atol": 1e-6, "rtol": 1e-6}
+    return ({"steps": 16}, {"steps": 256}) if spec.stochastic else ({"steps": 8}, {"steps": 32})
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("sde", list(SDES))
+def test_converges_to_the_gaussian_closed_form(name, sde):
+    """Data N(0, c^2 I): the flow maps z1 to z1 s_t / s_1 (solver_stubs); the SDE's samples have std c."""
+    spec, prior = SOLVERS[name], GaussianPrior(SDES[sde], c=0.3)
+    coarse, fine = coarse_and_fine(spec)
+    if spec.stochastic:
+        # the std of 2,000 x 32 values, against s_t at the end: Monte Carlo error 0.3 %; the
+        # Euler-Maruyama bias, measured: geometric 3.6 % / 0.04 % at 16 / 256 steps, vpsde 22 % / 0.9 %
+        err = {k: abs(sample(Wrap(prior), 2000, name, seed=0, **o).z0.std().item() / prior.s(ODE_EPS).item() - 1.0)
+               for k, o in (("coarse", coarse), ("fine", fine))}
+        assert err["fine"] < 0.02 and err["fine"] < err["coarse"]
+        return
+    z1 = torch.randn(8, *prior.shape, generator=torch.Generator().manual_seed(0))
+    exact = z1 * (prior.s(ODE_EPS) / prior.s(1.0)).float()
+    err = {k: (sample(Wrap(prior), 8, name, z1=z1, **o).z0 - exact).abs().max().item() / exact.abs().max().item()
+           for k, o in (("coarse", coarse), ("fine", fine))}
+    assert err["fine"] < 2e-3 and err["fine"] < err["coarse"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exact_at_alpha_zero(name):
+    """At alpha = 0 the prior is N(0, I) and its flow the identity: deterministic solvers return z1
+    (the fast one to the bit, the adaptive ODE to its dense output's round-off), the SDE keeps N(0, I)."""
+    spec, model = SOLVERS[name], Wrap(random_prior())
+    if spec.stochastic:
+        out = sample(model, 512, name, alpha=0.0, seed=3, steps=100)
+        assert abs(out.z0.std().item() - 1.0) < 0.05 and abs(out.z0.mean().item()) < 0.05
+        return
+    z1 = torch.randn(16, *model.prior.shape, generator=torch.Generator().manual_seed(1))
+    assert (sample(model, 16, name, alpha=0.0, z1=z1).z0 - z1).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nfe_is_counted_per_call(name):
+    spec, model = SOLVERS[name], Wrap(random_prior())
+    options = coarse_and_fine(spec)[0]
+    seen = []
+    first = sample(model, 6, name, alpha=0.5, batch_size=4, callback=seen.append, **options)
+    again = sample(model, 6, name, alpha=0.5, batch_size=4, **options)
+    assert first.nfe == again.nfe == len(seen) == seen[-1]["nfe"] > 0  # not carried over between calls
+    if spec.controlled_by == "steps":
+        assert first.nfe == 2 * options["steps"]  # two batches, one evaluation a step
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_same_seed_gives_the_same_samples(name):
+    model, options = Wrap(random_prior()), coarse_and_fine(SOLVERS[name])[0]
+    a = sample(model, 4, name, alpha=0.5, seed=7, **options).z0
+    assert torch.equal(a, sample(model, 4, name, alpha=0.5, seed=7, **options).z0)
+    assert not torch.allclose(a, sample(model, 4, name, alpha=0.5, seed=8, **options).z0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_arguments_are_refused(name):
+    spec, model = SOLVERS[name], Wrap(random_prior())
+    wrong_kind = {"atol": 1e-3} if spec.controlled_by == "steps" else {"steps": 5}
+    with pytest.raises(ValueError, match="apply to|applies to"):
+        sample(model, 2, name, **wrong_kind)
+    bad_value = {"steps": 0} if spec.controlled_by == "steps" else {"atol": 0.0}
+    with pytest.raises(ValueError, match="at least 1|positive"):
+        sample(model, 2, name, **bad_value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_records_a_trajectory_from_one_to_the_end(name):
+    model, options = Wrap(random_prior()), coarse_and_fine(SOLVERS[name])[0]
+    out = sample(model, 3, name, alpha=0.5, record_times=3, seed=0, **options)
+    traj = out.trajectory
+    assert traj.times[0].item() == 1.0 and traj.times[-1].item() == pytest.approx(ODE_EPS)
+    assert torch.equal(traj.zt[-1], out.z0) and traj.zt.shape == traj.z0_hat.shape
+    assert traj.step_sizes and all(h > 0 for h in traj.step_sizes)
+
+
+def test_adding_a_solver_is_one_function_and_one_entry(monkeypatch):
+    """Probability-flow Euler in log-SNR steps, registered at run time: sample, the CLI's options and
+    the setting parser of bench take it with no other change."""
+    def euler(field, z, *, t_end, steps, atol=None, rtol=None, generator=None, observer=None):
+        t, _ = solvers.time_grid(field.prior.sde, steps, t_end)
+        for i in range(steps):
+            z = z - (t[i] - t[i + 1]).item() * field.drift(t[i].item(), z)
+        if observer is not None:
+            observer.state(t_end, z)
+        return z
+
+    monkeypatch.setitem(SOLVERS, "euler", SolverSpec(euler, "steps", "Euler on the probability-flow ODE",
+                                                     default_steps=50))
+    prior = GaussianPrior(SDES["vpsde"], c=0.3)
+    z1 = torch.randn(4, *prior.shape, generator=torch.Generator().manual_seed(0))
+    out = sample(Wrap(prior), 4, "euler", z1=z1, steps=200)
+    exact = z1 * (prior.s(ODE_EPS) / prior.s(1.0)).float()
+    assert out.nfe == 200 and (out.z0 - exact).abs().max().item() < 0.05 * exact.abs().max().item()
+    assert parse_setting("euler:10") == {"solver": "euler", "steps": 10}
+    ap = argparse.ArgumentParser()
+    add_solver_args(ap)
+    assert solver_kwargs(ap.parse_args(["--solver", "euler"])) == {"steps": 50}
+    with pytest.raises(ValueError, match="--atol and --rtol apply"):
+        solver_kwargs(ap.parse_args(["--solver", "euler", "--atol", "1e-3"]))
+    assert solver_options("euler") == {"steps": 50}

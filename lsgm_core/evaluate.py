@@ -6,7 +6,7 @@ The NELBO per image is -log p(x|z0) + log q(z0|x) - log p_ODE(z0), one z0 per im
 importance-weighted bound with --iw K), averaged over the first --limit images of the split,
 which binary data sets binarise afresh with --seed. bpd divides by the data's own pixels (28x28
 for MNIST). For the pixel baseline it is -log p_ODE(2x - 1): a density of continuous pixels, not
-comparable with a discrete likelihood (see lsgm_core.likelihood.nelbo).
+comparable with a discrete likelihood (see lsgm_core.nelbo.nelbo).
 --fid draws as many samples as images evaluated (or --fid-samples; fast solver) and compares them with as many test
 images in the feature space of the data set's shipped classifier (lsgm_core.features); for an
 LSGM it also gives the floor of that FID, the FID of decoded posterior samples of as many training
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .checkpoint import CheckpointError, load_model
 from .cli import report
 from .data import load_dataset
-from .likelihood import PROBES, bits_per_dim, data_dims, nelbo
+from .nelbo import PROBES, bits_per_dim, data_dims, nelbo
 from .solvers import SOLVERS, sample
 from .device import pick_device
 

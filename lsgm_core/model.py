@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .likelihoods import make_likelihood
+from .decoder_likelihoods import make_likelihood
 from .nets import Decoder, Encoder
 from .prior import LOG_2PI, ScorePrior, noise_like
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lsgm_core.checkpoint import load_model
-from lsgm_core.likelihood import log_prob_ode, nelbo
+from lsgm_core.nelbo import log_prob_ode, nelbo
 from lsgm_core.solvers import sample
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")

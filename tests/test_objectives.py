@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lsgm_core.config import load_config
-from lsgm_core.likelihoods import Bernoulli, DiscretizedLogistic, make_likelihood
+from lsgm_core.decoder_likelihoods import Bernoulli, DiscretizedLogistic, make_likelihood
 from lsgm_core.model import build_model
 from lsgm_core.prior import ScorePrior
 from lsgm_core.sde import VPSDE, GeometricVPSDE, make_sde

@@ -5,7 +5,7 @@ import pytest
 import torch
 from solver_stubs import SDES, GaussianPrior, random_prior
 
-from lsgm_core.likelihood import bits_per_dim, log_prob_ode, nelbo
+from lsgm_core.nelbo import bits_per_dim, log_prob_ode, nelbo
 from lsgm_core.solvers import ODE_EPS
 
 torch.set_num_threads(1)

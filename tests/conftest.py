@@ -52,6 +52,13 @@ def tiny_checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
     return {"stage1": s1, "stage2": s2}
 
 
+def pytest_collection_modifyitems(items):
+    """needs_data for every test that reads the real data, directly or through a fixture."""
+    for item in items:
+        if "data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_data)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     """Keep each phase's report on the test item, so that a fixture can see whether its test failed."""

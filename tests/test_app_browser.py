@@ -16,6 +16,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run"]
 WAIT_MS = 600_000  # a timeout, not a wait: on a shared, busy machine a training step can take seconds
 TABS = ["Sample", "Trajectory", "Interpolate", "Latent map", "Train"]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 OFFLINE = ("http://127.0.0.1:", "data:", "blob:")  # what the page may load: the app itself, inline data
 
 

@@ -14,7 +14,7 @@ from lsgm_core.checkpoint import load_model
 from lsgm_core.nelbo import log_prob_ode, nelbo
 from lsgm_core.solvers import sample
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 
 CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "lsgm-bmnist-fast"
 

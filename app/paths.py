@@ -3,13 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lsgm_core.datasets import DATASETS
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
 CHECKPOINTS = ROOT / "checkpoints"
 RUNS = ROOT / "runs" / "app"
 
-CLASS_NAMES = {
-    "mnist": [str(d) for d in range(10)],
-    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
-}
+# The test sets whose images the app ships (assets/latent, assets/examples; written by
+# `python -m app.make_assets`): each registered data set's `shown_as`, in the registry's order.
+CLASS_NAMES = {spec.shown_as: list(DATASETS[spec.shown_as].class_names) for spec in DATASETS.values()}
+
+
+def shown_test_set(dataset: str) -> str:
+    """The test set shown beside a model trained on `dataset`; the first one for a folder of the user's images."""
+    spec = DATASETS.get(dataset)
+    return spec.shown_as if spec else next(iter(CLASS_NAMES))

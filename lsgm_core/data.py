@@ -5,9 +5,10 @@ cached per process (keyed by path, mtime and size), so a second ``load_dataset``
 
 Where the files live: ``resolve_data_dir`` picks the argument, else ``$LSGM_DATA_DIR``, else
 ``DEFAULT_DATA_DIR`` (``$XDG_CACHE_HOME/lsgm/data``, by default ``~/.cache/lsgm/data``).
-MNIST is read from ``<data_dir>/mnist/``, Fashion-MNIST from ``<data_dir>/fashion-mnist/``,
-under the official file names, gzip-compressed or not. Missing files are downloaded from the
-official mirrors and checked against the MD5 sums of the decompressed data.
+Each registered data set (``lsgm_core.datasets``) is read from ``<data_dir>/<its folder>/``
+(``mnist/``, ``fashion-mnist/``), under the official file names, gzip-compressed or not. Missing
+files are downloaded from the official mirrors and checked against the MD5 sums of the
+decompressed data.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import http.client
 import math
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -30,12 +30,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import write_bytes
+from .datasets import DATASETS, SPLITS, DatasetSpec, IdxFiles
+
 __all__ = [
     "DATASETS",
     "DEFAULT_DATA_DIR",
     "MAX_IMAGE_PIXELS",
     "DataError",
     "ImageDataset",
+    "dataset_spec",
     "download_dataset",
     "load_dataset",
     "read_idx",
@@ -56,37 +60,6 @@ def _default_data_dir() -> Path:
 
 DEFAULT_DATA_DIR: Path = _default_data_dir()
 
-DATASETS = ("binarized-mnist", "mnist", "fashion-mnist")
-
-# Folder names; binarised MNIST is MNIST read differently.
-_SUBDIR = {"binarized-mnist": "mnist", "mnist": "mnist", "fashion-mnist": "fashion-mnist"}
-_TITLE = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
-_SPLIT_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-# MD5 of the decompressed files: the same whichever mirror (or compression) they came from.
-_MD5 = {
-    "mnist": {
-        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-    },
-    "fashion-mnist": {
-        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
-    },
-}
-_MIRRORS = {
-    "mnist": (
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    ),
-    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-}
 _DOWNLOAD_TIMEOUT_S = 30
 
 # Images larger than this are refused before decoding: a small file can expand to gigabytes.
@@ -95,6 +68,17 @@ _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 # Files that operating systems drop into folders of pictures; not the user's images.
 _OS_JUNK = {"thumbs.db", "desktop.ini"}
+
+
+def dataset_spec(name: str, *, folders: bool = False) -> DatasetSpec:
+    """The registered spec of ``name``; a ``DataError`` listing the registered names for any other.
+
+    ``folders``: the caller also takes ``"folder:<path>"``, and the message says so.
+    """
+    if name not in DATASETS:
+        alternative = ", or 'folder:/path/to/images'" if folders else ""
+        raise DataError(f"Unknown data set {name!r}: choose one of {', '.join(DATASETS)}{alternative}.")
+    return DATASETS[name]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -195,8 +179,10 @@ def _find_file(folder: Path, base: str) -> Path | None:
     return None
 
 
-def _load_idx_split(images_path: Path, labels_path: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _load_idx_split(images_path: Path, labels_path: Path, image_size: int,
+                    spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Images padded with zeros to ``image_size`` ([N, 1, S, S] uint8), labels (int64), padding."""
+    num_classes = len(spec.class_names)
 
     def build() -> tuple[torch.Tensor, torch.Tensor, int]:
         images, labels = read_idx(images_path), read_idx(labels_path)
@@ -210,8 +196,9 @@ def _load_idx_split(images_path: Path, labels_path: Path, image_size: int) -> tu
                 f"{labels_path} should hold {len(images)} uint8 labels (one per image in {images_path.name}) "
                 f"but holds {labels.dtype.name} {list(labels.shape)}; the two files do not belong together."
             )
-        if labels.size and labels.max() > 9:
-            raise DataError(f"{labels_path} has label {labels.max()}; the labels of these data sets are 0..9.")
+        if labels.size and labels.max() >= num_classes:
+            raise DataError(f"{labels_path} has label {labels.max()}; the labels of {spec.files.title} are "
+                            f"0..{num_classes - 1}.")
         side = images.shape[1]
         if image_size < side or (image_size - side) % 2:
             raise DataError(
@@ -221,7 +208,7 @@ def _load_idx_split(images_path: Path, labels_path: Path, image_size: int) -> tu
         padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))[:, None]
         return torch.from_numpy(padded), torch.from_numpy(labels.astype(np.int64)), pad
 
-    key = ("idx", str(images_path.resolve()), str(labels_path.resolve()), image_size)
+    key = ("idx", str(images_path.resolve()), str(labels_path.resolve()), image_size, num_classes)
     stamp = (_file_stamp(images_path), _file_stamp(labels_path))
     return _cached(key, stamp, build)
 
@@ -288,34 +275,28 @@ class ImageDataset(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------- download
 
 
-def _subdir(name: str) -> str:
-    if name not in _SUBDIR:
-        raise DataError(f"Unknown data set {name!r}: choose one of {', '.join(DATASETS)}, or 'folder:/path/to/images'.")
-    return _SUBDIR[name]
-
-
-def _howto(sub: str, folder: Path, bases: list[str]) -> str:
+def _howto(files: IdxFiles, folder: Path, bases: list[str]) -> str:
     """What to put where, and where to get it."""
-    files = "\n".join(f"  {b}.gz" for b in bases)
-    mirrors = _MIRRORS[sub]
+    listing = "\n".join(f"  {b}.gz" for b in bases)
+    mirrors = files.mirrors
     source = f"Get them from {mirrors[0]}" + (f" (or {', '.join(mirrors[1:])})" if len(mirrors) > 1 else "")
-    if sub == "fashion-mnist":
-        source += "; Debian's dataset-fashion-mnist package also installs them in /usr/share/datasets/fashion-mnist/"
+    if files.elsewhere:
+        source += f"; {files.elsewhere}"
     return (
-        f"Put these files in {folder}{os.sep} (gzip-compressed or not, under these names):\n{files}\n"
+        f"Put these files in {folder}{os.sep} (gzip-compressed or not, under these names):\n{listing}\n"
         f"{source}.\n"
-        f"Or set LSGM_DATA_DIR (or pass data_dir) to a folder whose {sub}{os.sep} subfolder holds them."
+        f"Or set LSGM_DATA_DIR (or pass data_dir) to a folder whose {files.folder}{os.sep} subfolder holds them."
     )
 
 
-def _fetch_verified(sub: str, base: str, unreachable: set[str]) -> bytes:
+def _fetch_verified(files: IdxFiles, base: str, unreachable: set[str]) -> bytes:
     """The gzip file from the first mirror that serves it with the right MD5; DataError listing every failure.
 
     Mirrors that could not be reached are added to ``unreachable`` and not tried again, so that
     a machine without network waits for one timeout per mirror, not one per file.
     """
     failures = []
-    for mirror in _MIRRORS[sub]:
+    for mirror in files.mirrors:
         url = f"{mirror}{base}.gz"
         if mirror in unreachable:
             failures.append(f"{url}: not tried, the server was unreachable")
@@ -335,25 +316,11 @@ def _fetch_verified(sub: str, base: str, unreachable: set[str]) -> bytes:
         except (OSError, EOFError, zlib.error) as e:
             failures.append(f"{url}: not a valid gzip file ({e})")
             continue
-        if md5 != _MD5[sub][base]:
-            failures.append(f"{url}: checksum mismatch (MD5 of the data {md5}, expected {_MD5[sub][base]})")
+        if md5 != files.md5[base]:
+            failures.append(f"{url}: checksum mismatch (MD5 of the data {md5}, expected {files.md5[base]})")
             continue
         return payload
     raise DataError("; ".join(failures))
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    # A temp file in the same folder, then os.replace: readers never see a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def download_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
@@ -363,9 +330,9 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Pa
     decompressed data and written atomically. Without network, or on a checksum mismatch,
     raises ``DataError`` saying which files to put in which folder and where to get them.
     """
-    sub = _subdir(name)
-    folder = resolve_data_dir(data_dir) / sub
-    missing = [base for base in _MD5[sub] if _find_file(folder, base) is None]
+    files = dataset_spec(name).files
+    folder = resolve_data_dir(data_dir) / files.folder
+    missing = [base for base in files.md5 if _find_file(folder, base) is None]
     if not missing:
         return folder
     try:
@@ -378,8 +345,7 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Pa
     failures, unreachable = {}, set()
     for base in missing:
         try:
-            payload = _fetch_verified(sub, base, unreachable)
-            _write_atomically(folder / f"{base}.gz", payload)
+            write_bytes(folder / f"{base}.gz", _fetch_verified(files, base, unreachable))
         except DataError as e:
             failures[base] = str(e)
         except OSError as e:
@@ -387,22 +353,24 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Pa
     if failures:
         report = "\n".join(f"  {base}.gz: {why}" for base, why in failures.items())
         raise DataError(
-            f"{_TITLE[sub]} is not in {folder} and could not be downloaded:\n{report}\n"
-            + _howto(sub, folder, list(failures))
+            f"{files.title} is not in {folder} and could not be downloaded:\n{report}\n"
+            + _howto(files, folder, list(failures))
         )
     return folder
 
 
 def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict[str, str]:
-    """Check every known file in the data folder against its MD5 (slow: decompresses everything).
+    """Check every file of the registered data sets against its MD5 (slow: decompresses everything).
 
     Returns ``{"mnist/train-images-idx3-ubyte": status, ...}`` with status ``"ok"``,
     ``"missing"``, or what is wrong with the file.
     """
     root = resolve_data_dir(data_dir)
     report = {}
-    for sub, sums in _MD5.items():
-        for base, expected in sums.items():
+    # data sets that read the same files (MNIST and its binarised form) check them once
+    collections = {spec.files.folder: spec.files for spec in DATASETS.values()}
+    for sub, files in collections.items():
+        for base, expected in files.md5.items():
             path = _find_file(root / sub, base)
             if path is None:
                 status = "missing"
@@ -552,30 +520,31 @@ def load_dataset(
       grey, 3 RGB, None picks 1 if every image is grey, else 3. Labels are -1. A folder has no
       split: ``"train"`` and ``"test"`` both give all its images.
     """
-    if split not in _SPLIT_FILES:
-        raise DataError(f"split must be 'train' or 'test', got {split!r}.")
+    if split not in SPLITS:
+        raise DataError(f"split must be {' or '.join(map(repr, SPLITS))}, got {split!r}.")
     if name.startswith("folder:"):
         return _load_folder(name[len("folder:"):], image_size, channels)
-    sub = _subdir(name)
-    if channels not in (None, 1):
-        raise DataError(f"{name} is grey (1 channel); channels={channels} is not available for it.")
-    folder = resolve_data_dir(data_dir) / sub
-    bases = _SPLIT_FILES[split]
+    spec = dataset_spec(name, folders=True)
+    if channels not in (None, spec.channels):
+        raise DataError(f"{name} is {spec.kind} ({spec.channels} channel{'s' if spec.channels > 1 else ''}); "
+                        f"channels={channels} is not available for it.")
+    folder = resolve_data_dir(data_dir) / spec.files.folder
+    bases = spec.files.splits[split]
     paths = [_find_file(folder, base) for base in bases]
     if None in paths:
         if not download:
             missing = [base for base, path in zip(bases, paths) if path is None]
-            raise DataError(f"{_TITLE[sub]} ({split}) is not in {folder} and download=False.\n" + _howto(sub, folder, missing))
+            raise DataError(f"{spec.files.title} ({split}) is not in {folder} and download=False.\n"
+                            + _howto(spec.files, folder, missing))
         download_dataset(name, data_dir)
         paths = [_find_file(folder, base) for base in bases]
-    images, labels, pad = _load_idx_split(paths[0], paths[1], image_size)
-    binarize = name == "binarized-mnist"
+    images, labels, pad = _load_idx_split(paths[0], paths[1], image_size, spec)
     return ImageDataset(
         images,
         labels,
         name=name,
-        kind="binary" if binarize else "grey",
-        binarize=binarize,
-        num_classes=10,
+        kind=spec.kind,
+        binarize=spec.binarize,
+        num_classes=len(spec.class_names),
         crop=pad,
     )

@@ -5,9 +5,11 @@ each data set gets a small CNN classifier whose 128-d penultimate layer is the f
 
     python -m lsgm_core.features --dataset mnist --data-dir DATA [--out checkpoints/features] [--epochs N]
 
-writes ``<out>/<dataset>.safetensors`` (weights), ``<dataset>.json`` (architecture, SHA-256 of the
-weights, metrics, how it was trained) and ``<dataset>_test_stats.safetensors`` (mean and covariance
-of the test set's features), so that users without the data can still compute an FID.
+writes ``<out>/<classifier>.safetensors`` (weights), ``<classifier>.json`` (architecture, SHA-256 of
+the weights, metrics, how it was trained) and ``<dataset>_test_stats.safetensors`` (mean and
+covariance of the test set's features), so that users without the data can still compute an FID.
+``<classifier>`` is the data set's ``classifier`` in the registry (``lsgm_core.datasets``), today
+its own name; a data set whose spec names none has no FID.
 
 Images: float in [0, 1] (or uint8 in 0..255), ``[N, 1, 28, 28]``, ``[N, 28, 28]`` or ``[N, 28, 28, 1]``;
 32x32 images (the models' padded size) are center-cropped by 2 pixels.
@@ -33,7 +35,6 @@ import os
 import platform
 import sys
 import time
-import uuid
 import warnings
 from pathlib import Path
 
@@ -44,8 +45,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 import torch.nn.functional as F
 
+from .atomic import atomic_write, write_json
 from .checkpoint import CheckpointError, load_state
-from .data import DATASETS, DataError, load_dataset
+from .data import DATASETS, DataError, dataset_spec, load_dataset
 
 __all__ = [
     "DEFAULT_FEATURES_DIR", "FeatureClassifier", "classify", "extract_features", "feature_stats",
@@ -206,29 +208,24 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """``write(tmp_path)``, then rename over ``path``: readers never see a half-written file."""
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.part"
-    try:
-        write(tmp)
-        # safetensors creates private (0600) files; these are shipped or shared, and hold no secrets
-        os.chmod(tmp, 0o644)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _with_classifier() -> list[str]:
+    """The registered data sets that have a feature classifier."""
+    return [name for name, spec in DATASETS.items() if spec.classifier]
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    _replace_atomically(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+def _classifier_name(dataset_name: str) -> str:
+    """The file stem of a registered data set's classifier; ``CheckpointError`` if it has none."""
+    stem = dataset_spec(dataset_name).classifier
+    if stem is None:
+        raise CheckpointError(f"{dataset_name} has no feature classifier (its entry in lsgm_core.datasets names "
+                              f"none), so no FID for it; data sets with one: {', '.join(_with_classifier())}")
+    return stem
 
 
 def _classifier_paths(dataset_name_or_path: str | os.PathLike, features_dir: str | os.PathLike | None) -> tuple[Path, Path]:
     """(weights, json) of a data set name in ``features_dir``, or of an explicit path to either file."""
     if str(dataset_name_or_path) in DATASETS:
-        base = Path(features_dir or DEFAULT_FEATURES_DIR) / str(dataset_name_or_path)
+        base = Path(features_dir or DEFAULT_FEATURES_DIR) / _classifier_name(str(dataset_name_or_path))
     else:
         p = Path(dataset_name_or_path).expanduser()
         if p.suffix not in (".safetensors", ".json"):
@@ -322,8 +319,7 @@ def reference_stats(dataset_name: str, data_dir: str | os.PathLike | None = None
     test set, written there (atomically; a read-only folder only costs a warning). Binarised
     MNIST test images are binarised with seed 0.
     """
-    if dataset_name not in DATASETS:
-        raise DataError(f"Unknown data set {dataset_name!r}: choose one of {', '.join(DATASETS)}.")
+    dataset_spec(dataset_name)  # an unknown name is a DataError, not a classifier path
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
     classifier = load_classifier(dataset_name, features_dir)
@@ -342,7 +338,7 @@ def reference_stats(dataset_name: str, data_dir: str | os.PathLike | None = None
             meta = {"dataset": dataset_name, "n": str(n), "classifier_sha256": classifier.sha256, "seed": "0"}
             tensors = {"mu": torch.from_numpy(stats[0]), "sigma": torch.from_numpy(stats[1])}
             try:
-                _replace_atomically(path, lambda p: save_file(tensors, str(p), metadata=meta))
+                atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
             except OSError as e:
                 warnings.warn(f"cannot cache the test-set statistics in {path} ({e}); they will be recomputed next time")
     _STATS_MEMO[key] = stats
@@ -378,8 +374,7 @@ def train_classifier(dataset_name: str, data_dir: str | os.PathLike | None, out_
     binarized-mnist is trained on dynamically binarised images (a fresh draw every epoch) and
     tested on test images binarised with seed 0; see the module docstring for why.
     """
-    if dataset_name not in DATASETS:
-        raise DataError(f"Unknown data set {dataset_name!r}: choose one of {', '.join(DATASETS)}.")
+    spec = dataset_spec(dataset_name)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     weights = Path(out_path)
@@ -391,7 +386,7 @@ def train_classifier(dataset_name: str, data_dir: str | os.PathLike | None, out_
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    arch = {"width": 16, "feature_dim": 128, "num_classes": 10}
+    arch = {"width": 16, "feature_dim": 128, "num_classes": len(spec.class_names)}
     model = FeatureClassifier(**arch)
     model.binarize = train.binarize
     steps_per_epoch = len(train) // batch_size
@@ -417,7 +412,7 @@ def train_classifier(dataset_name: str, data_dir: str | os.PathLike | None, out_
     model.eval()
     accuracy = float((classify(model, test.images) == test.labels.numpy()).mean())
 
-    _replace_atomically(weights, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p)))
+    atomic_write(weights, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p)))
     metrics = {"dataset": dataset_name, "test_accuracy": round(accuracy, 4), "test_images": len(test),
                "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
                "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
@@ -426,7 +421,7 @@ def train_classifier(dataset_name: str, data_dir: str | os.PathLike | None, out_
             "binarize": model.binarize, "weights_sha256": _sha256(weights), "metrics": metrics,
             "machine": _machine(), "command": command}
     # written last: it holds the weights' hash, so an interrupted run is caught as a mismatch
-    _write_json(weights.with_suffix(".json"), meta)
+    write_json(weights.with_suffix(".json"), meta)
     return {**metrics, "weights": str(weights), "weights_bytes": weights.stat().st_size}
 
 
@@ -434,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m lsgm_core.features",
                                 description="Train a feature classifier and the test-set statistics for the Frechet distance.")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=_with_classifier())
     p.add_argument("--data-dir", default=None, help="folder holding mnist/ and fashion-mnist/")
     p.add_argument("--out", default=str(DEFAULT_FEATURES_DIR), help="output folder (default: the shipped checkpoints/features)")
     p.add_argument("--epochs", type=int, default=2)
@@ -444,16 +439,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    weights = out / f"{DATASETS[args.dataset].classifier}.safetensors"
     start = time.perf_counter()
     try:
-        result = train_classifier(args.dataset, args.data_dir, out / f"{args.dataset}.safetensors", args.epochs,
+        result = train_classifier(args.dataset, args.data_dir, weights, args.epochs,
                                   args.seed, command=" ".join(["python -m lsgm_core.features", *argv]))
         reference_stats(args.dataset, args.data_dir, result["test_images"], out)
     except (DataError, CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     stats = _stats_path(args.dataset, out)
-    result.update(seconds=round(time.perf_counter() - start, 1), json_bytes=(out / f"{args.dataset}.json").stat().st_size,
+    result.update(seconds=round(time.perf_counter() - start, 1), json_bytes=weights.with_suffix(".json").stat().st_size,
                   stats=str(stats), stats_bytes=stats.stat().st_size)
     print(json.dumps(result))
     return 0

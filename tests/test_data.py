@@ -1,7 +1,10 @@
-"""Tests of lsgm_core.data: IDX files, data sets, binarisation, folders of images, downloads."""
+"""Tests of lsgm_core.data and the registry it reads (lsgm_core.datasets): IDX files, data sets,
+binarisation, folders of images, downloads."""
 
+import dataclasses
 import gzip
 import hashlib
+import importlib
 import io
 import os
 import struct
@@ -15,8 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from lsgm_core import data
+import app.paths
+from app.paths import ASSETS, CLASS_NAMES, shown_test_set
+from lsgm_core import data, features
+from lsgm_core.checkpoint import CheckpointError
 from lsgm_core.data import DataError
+from lsgm_core.datasets import DATASETS, SPLITS, DatasetSpec, IdxFiles
 
 torch.set_num_threads(1)
 
@@ -335,7 +342,7 @@ def test_missing_data_and_no_network(tmp_path, monkeypatch):
     root = tmp_path / "nope"
     with pytest.raises(DataError) as info:
         data.load_dataset("mnist", data_dir=root)
-    assert len(calls) == len(data._MIRRORS["mnist"])  # an unreachable mirror is tried once, not once per file
+    assert len(calls) == len(DATASETS["mnist"].files.mirrors)  # an unreachable mirror is tried once, not once per file
     message = str(info.value)
     assert str(root / "mnist") in message and "could not be downloaded" in message
     for base in MNIST_FILES:
@@ -361,7 +368,7 @@ def serve(monkeypatch, source: Path, swap: dict[str, str] | None = None) -> list
 
     def urlopen(url, *args, **kwargs):
         requested.append(url)
-        if url.startswith(data._MIRRORS["mnist"][0]):
+        if url.startswith(DATASETS["mnist"].files.mirrors[0]):
             raise urllib.error.URLError("first mirror down")
         name = url.rsplit("/", 1)[1]
         return io.BytesIO((source / (swap or {}).get(name, name)).read_bytes())
@@ -405,6 +412,130 @@ def test_download_write_is_atomic(tmp_path, monkeypatch, data_dir):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", replace_fails)
-    with pytest.raises(DataError, match="cannot write.*No space left"):
+    with pytest.raises(DataError, match=f"cannot write .*no space left on the disk of {tmp_path / 'mnist'}"):
         data.download_dataset("mnist", tmp_path)
     assert leftovers(tmp_path / "mnist") == []
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+def test_registry_entries_are_consistent():
+    for name, spec in DATASETS.items():
+        assert spec.name == name
+        assert set(spec.files.splits) == set(SPLITS)
+        # every file a split reads has a checksum, and every checksum belongs to a split's file
+        assert sorted(f for pair in spec.files.splits.values() for f in pair) == sorted(spec.files.md5)
+        shown = DATASETS[spec.shown_as]
+        assert shown.shown_as == shown.name and not shown.binarize
+        assert shown.class_names == spec.class_names and shown.files is spec.files
+        assert spec.files.mirrors and all(m.endswith("/") for m in spec.files.mirrors)
+        if spec.classifier is not None:
+            assert (features.DEFAULT_FEATURES_DIR / f"{spec.classifier}.json").is_file()
+    assert DATASETS["binarized-mnist"].kind == "binary" and DATASETS["fashion-mnist"].kind == "grey"
+
+
+def test_app_reads_class_names_and_test_sets_from_the_registry():
+    assert list(CLASS_NAMES) == list(dict.fromkeys(spec.shown_as for spec in DATASETS.values()))
+    for name, spec in DATASETS.items():
+        assert shown_test_set(name) == spec.shown_as
+        assert CLASS_NAMES[spec.shown_as] == list(spec.class_names)
+    assert shown_test_set("folder:/home/me/pictures") == next(iter(CLASS_NAMES))
+    assert CLASS_NAMES["fashion-mnist"][9] == "Ankle boot" and CLASS_NAMES["mnist"][3] == "3"
+    # the app ships images of every test set it offers, labelled within the set's classes
+    for test_set, names in CLASS_NAMES.items():
+        with np.load(ASSETS / "latent" / f"{test_set}-test.npz") as f:
+            assert f["labels"].max() < len(names)
+        for label in range(len(names)):
+            assert (ASSETS / "examples" / f"{test_set}-{label}-0.png").is_file()
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_download_checks_each_file_of_the_spec_against_its_checksum(tmp_path, monkeypatch, name):
+    files = DATASETS[name].files
+    requested = []
+
+    def urlopen(url, *args, **kwargs):  # every mirror answers, with the wrong data
+        requested.append(url)
+        return io.BytesIO(gzip.compress(b"not the data set"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with pytest.raises(DataError) as info:
+        data.download_dataset(name, tmp_path)
+    message = str(info.value)
+    assert requested == [f"{m}{base}.gz" for base in files.md5 for m in files.mirrors]
+    assert message.startswith(f"{files.title} is not in {tmp_path / files.folder} ")
+    for expected in files.md5.values():
+        assert f"expected {expected})" in message
+    assert leftovers(tmp_path / files.folder) == []
+
+
+@pytest.mark.parametrize("call, registered_only", [
+    (lambda: data.load_dataset("cifar10"), False),
+    (lambda: data.download_dataset("cifar10"), True),
+    (lambda: data.download_dataset("folder:/tmp"), True),
+    (lambda: features.reference_stats("cifar10"), True),
+    (lambda: features.train_classifier("cifar10", None, "x.safetensors"), True),
+])
+def test_unknown_data_set_lists_the_registered_ones(call, registered_only):
+    with pytest.raises(DataError, match="^Unknown data set") as info:
+        call()
+    message = str(info.value)
+    assert f"choose one of {', '.join(DATASETS)}" in message
+    assert ("folder:" in message.split("choose one of")[1]) is not registered_only
+
+
+def test_a_new_registry_entry_is_all_it_takes(tmp_path, monkeypatch):
+    """Data sets added to the registry alone are found, downloaded, checked, loaded as their specs
+    say, offered by the app with their class names, and refused by the FID for want of a classifier."""
+    rng = np.random.default_rng(0)
+    split_files = {"train": ("tr-img", "tr-lab"), "test": ("te-img", "te-lab")}
+    served = {}
+    for split, n in (("train", 6), ("test", 4)):
+        images, labels = split_files[split]
+        served[images] = idx_bytes(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        served[labels] = idx_bytes(np.arange(n, dtype=np.uint8) % 3)
+    mirror = "https://example.invalid/tiny/"
+    grey = DatasetSpec(
+        "tiny-letters",
+        IdxFiles(folder="tiny", title="Tiny letters", md5={f: hashlib.md5(b).hexdigest() for f, b in served.items()},
+                 mirrors=(mirror,), splits=split_files),
+        ("a", "b", "c"), shown_as="tiny-letters", classifier=None)
+    binary = dataclasses.replace(grey, name="binarized-tiny-letters", binarize=True)
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda url, *a, **k: io.BytesIO(gzip.compress(served[url.removeprefix(mirror).removesuffix(".gz")])))
+    try:
+        with monkeypatch.context() as registry:
+            for spec in (grey, binary):
+                registry.setitem(DATASETS, spec.name, spec)
+
+            ds = data.load_dataset("binarized-tiny-letters", "test", data_dir=tmp_path)
+            assert leftovers(tmp_path / "tiny") == sorted(f"{f}.gz" for f in served)
+            assert (ds.kind, ds.binarize, ds.num_classes, ds.crop, len(ds)) == ("binary", True, 3, 2, 4)
+            assert set(ds.batch(torch.arange(4))[0].unique().tolist()) <= {0.0, 1.0}
+            as_grey = data.load_dataset("tiny-letters", "test", data_dir=tmp_path, download=False)
+            assert (as_grey.kind, as_grey.binarize) == ("grey", False) and as_grey.images is ds.images
+            assert {k: v for k, v in data.verify_data_dir(tmp_path).items() if k.startswith("tiny/")} == {
+                f"tiny/{f}": "ok" for f in served}
+            with pytest.raises(DataError, match=r"tiny-letters is grey \(1 channel\); channels=3"):
+                data.load_dataset("tiny-letters", "test", data_dir=tmp_path, channels=3)
+            with pytest.raises(DataError, match="choose one of .*binarized-tiny-letters"):
+                data.load_dataset("tiny", data_dir=tmp_path)
+
+            with pytest.raises(CheckpointError, match="tiny-letters has no feature classifier.*with one: binarized-mnist"):
+                features.load_classifier("binarized-tiny-letters")
+            with pytest.raises(SystemExit) as exit_info:
+                features.main(["--dataset", "tiny-letters"])
+            assert exit_info.value.code == 2  # argparse: not among the choices
+
+            assert app.paths.shown_test_set("binarized-tiny-letters") == "tiny-letters"
+            importlib.reload(app.paths)  # its test sets are read from the registry at import
+            assert app.paths.CLASS_NAMES["tiny-letters"] == ["a", "b", "c"]
+            assert "binarized-tiny-letters" not in app.paths.CLASS_NAMES
+
+            (tmp_path / "tiny" / "te-lab.gz").write_bytes(gzip.compress(idx_bytes(np.array([0, 1, 2, 3], np.uint8))))
+            with pytest.raises(DataError, match=r"has label 3; the labels of Tiny letters are 0\.\.2"):
+                data.load_dataset("tiny-letters", "test", data_dir=tmp_path, download=False)
+    finally:
+        importlib.reload(app.paths)
+    assert "tiny-letters" not in app.paths.CLASS_NAMES

@@ -8,7 +8,7 @@ from lsgm_core import solvers
 
 from ..common import QUICK, Context, integer, number, one_of, try_load, user_errors
 from ..images import UPLOAD_RULES, display_scale, grid, model_input, to_pil
-from ..paths import ASSETS, CLASS_NAMES
+from ..paths import ASSETS, CLASS_NAMES, shown_test_set
 from .sample import progress_callback
 
 MAX_IMAGES = 24
@@ -79,7 +79,7 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         model = try_load(ctx, model_id)
         if model is None:
             return gr.skip(), gr.skip()
-        return pair("fashion-mnist" if model.config["data"]["dataset"] == "fashion-mnist" else "mnist")
+        return pair(shown_test_set(model.config["data"]["dataset"]))
 
     gr.on([picker.change, demo.load], examples_for_model, picker, [pick_a, pick_b], api_visibility="private")
 

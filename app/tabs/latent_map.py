@@ -18,7 +18,7 @@ from lsgm_core import DataError, ImageDataset, load_dataset, solvers
 from .. import plots
 from ..common import SLOW, Context, integer, one_of, try_load, user_errors
 from ..images import to_pil
-from ..paths import ASSETS, CLASS_NAMES
+from ..paths import ASSETS, CLASS_NAMES, shown_test_set
 from .sample import STEPS
 
 MAX_POINTS = 10_000
@@ -231,6 +231,6 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         model = try_load(ctx, model_id)
         if model is None:
             return gr.skip()
-        return "fashion-mnist" if model.config["data"]["dataset"] == "fashion-mnist" else "mnist"
+        return shown_test_set(model.config["data"]["dataset"])
 
     gr.on([picker.change, demo.load], default_dataset, picker, dataset, api_visibility="private")

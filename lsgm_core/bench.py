@@ -50,8 +50,11 @@ import torch
 from .checkpoint import load_model
 from .cli import report
 from .config import load_config
-from .solvers import parse_setting, sample, setting_forms
+from .data import dataset_spec
+from .datasets import SPLITS
 from .device import pick_device
+from .solvers import parse_setting, sample, setting_forms
+from .tensors import seeded_generator
 from .train import Trainer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "bmnist.toml"
@@ -72,16 +75,21 @@ def _peak_memory_mib(device: torch.device) -> dict:
     return {"peak_rss_mib": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
 
 
-def write_synthetic_idx(folder: Path, n: int, side: int = 28, seed: int = 0) -> None:
-    """Random uint8 images and labels under the official MNIST file names (train and test)."""
-    gen = torch.Generator().manual_seed(seed)
+def write_synthetic_idx(dataset: str, data_dir: Path, n: int, side: int = 28, seed: int = 0) -> None:
+    """Random uint8 images and labels of `dataset`'s shape, under its official file names (train and
+    test, as its registry entry names them) in its folder of `data_dir`."""
+    files = dataset_spec(dataset).files
+    gen = seeded_generator(seed)
+    folder = data_dir / files.folder
     folder.mkdir(parents=True, exist_ok=True)
-    for prefix in ("train", "t10k"):
+    classes = len(dataset_spec(dataset).class_names)
+    for split in SPLITS:
+        image_file, label_file = files.splits[split]
         images = torch.randint(0, 256, (n, side, side), generator=gen, dtype=torch.uint8)
-        labels = torch.randint(0, 10, (n,), generator=gen, dtype=torch.uint8)
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+        labels = torch.randint(0, classes, (n,), generator=gen, dtype=torch.uint8)
+        (folder / image_file).write_bytes(
             b"\x00\x00\x08\x03" + struct.pack(">3I", n, side, side) + images.numpy().tobytes())
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        (folder / label_file).write_bytes(
             b"\x00\x00\x08\x01" + struct.pack(">I", n) + labels.numpy().tobytes())
 
 
@@ -119,8 +127,7 @@ def bench_train(args) -> dict:
         dataset = cfg["data"]["dataset"]
         if data_dir is None and not dataset.startswith("folder:"):  # a folder data set is its own data
             data_dir = tmp / "data"
-            write_synthetic_idx(data_dir / ("fashion-mnist" if dataset == "fashion-mnist" else "mnist"),
-                                n=max(4 * batch, 256))
+            write_synthetic_idx(dataset, data_dir, n=max(4 * batch, 256))
         for stage in args.stages:
             cfg = load_config(config, {"train": {**overrides["train"], "stage": stage}})
             trainer = Trainer(cfg, tmp / f"stage{stage}", data_dir, device=str(device), show_progress=False)

@@ -27,9 +27,10 @@ from tqdm import tqdm
 from .checkpoint import CheckpointError, load_model
 from .cli import report
 from .data import load_dataset
+from .device import pick_device
 from .nelbo import PROBES, bits_per_dim, data_dims, nelbo
 from .solvers import SOLVERS, sample
-from .device import pick_device
+from .tensors import seeded_generator
 
 
 def sample_quality(model, data_dir, num: int, steps: int, seed: int, batch_size: int) -> dict:
@@ -90,7 +91,7 @@ def evaluate(args) -> dict:
     dataset = load_dataset(d["dataset"], args.split, args.data_dir, image_size=d["image_size"],
                            channels=d["channels"])
     n = min(args.limit or len(dataset), len(dataset))
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = seeded_generator(args.seed)
     totals = {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "sq": 0.0}
     nfe = 0
     start = time.perf_counter()

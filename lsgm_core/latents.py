@@ -14,6 +14,8 @@ import sys
 import torch
 from tqdm import tqdm
 
+from .tensors import seeded_generator
+
 
 class LatentCache:
     """mu and log_sigma of q(z0|x) [N, C, R, R] for N = encodings x images of a data set."""
@@ -33,7 +35,7 @@ class LatentCache:
         if encodings < 1:
             raise ValueError(f"the number of encodings must be at least 1, got {encodings}")
         device = next(model.parameters()).device
-        gen = torch.Generator().manual_seed(seed)
+        gen = seeded_generator(seed)
         was_training = model.training
         model.eval()
         mus, log_sigmas = [], []

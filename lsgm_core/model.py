@@ -12,7 +12,8 @@ from torch import nn
 
 from .decoder_likelihoods import make_likelihood
 from .nets import Decoder, Encoder
-from .prior import LOG_2PI, ScorePrior, noise_like
+from .prior import ScorePrior, noise_like
+from .tensors import LOG_2PI, crop, kl_standard_normal
 
 
 class LSGM(nn.Module):
@@ -50,8 +51,7 @@ class LSGM(nn.Module):
         return self.decoder(z0)
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.crop
-        return x[..., c:x.shape[-2] - c, c:x.shape[-1] - c] if c else x
+        return crop(x, self.crop)
 
     def decode_images(self, z0: torch.Tensor) -> torch.Tensor:
         """z0 -> mean images in [0, 1], cropped to the data's own size."""
@@ -85,7 +85,7 @@ class LSGM(nn.Module):
         recon = self.recon_nll(self.decode(z0), x)
         out = {}
         if stage == 1:
-            kl_per = 0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 1.0) - log_sigma
+            kl_per = kl_standard_normal(mu, log_sigma)
             out["kl_per_channel"] = kl_per.detach().sum((2, 3)).mean(0)
             kl = kl_per.flatten(1).sum(1)
             loss = recon + kl_coeff * kl
@@ -137,9 +137,7 @@ class PixelSGM(nn.Module):
         return 2.0 * x - 1.0, torch.full_like(x, -math.inf)
 
     def decode_images(self, z0: torch.Tensor) -> torch.Tensor:
-        c = self.crop
-        x = (z0 + 1.0) / 2.0
-        return (x[..., c:x.shape[-2] - c, c:x.shape[-1] - c] if c else x).clamp(0, 1)
+        return crop((z0 + 1.0) / 2.0, self.crop).clamp(0, 1)
 
     def forward(self, x: torch.Tensor, stage: int = 2, kl_coeff: float = 1.0) -> dict:
         return self.losses(x, stage, kl_coeff)

@@ -16,8 +16,8 @@ import math
 import torch
 
 from .solvers import ODE_EPS, ProbabilityFlow, integrate
+from .tensors import LOG_2PI, seeded_generator
 
-LOG_2PI = math.log(2.0 * math.pi)
 PROBES = ("rademacher", "gaussian")
 
 
@@ -41,11 +41,7 @@ def log_prob_ode(prior, z0: torch.Tensor, *, atol: float = 1e-5, rtol: float = 1
         raise ValueError(f"atol and rtol must be positive, got atol={atol}, rtol={rtol}")
     if num_probes < 1:
         raise ValueError(f"num_probes must be at least 1, got {num_probes}")
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(int(seed))
+    generator = seeded_generator(seed)
     e = _probes(probes, num_probes, z0.shape, generator).to(z0)
     field = ProbabilityFlow(prior, alpha)
 
@@ -98,11 +94,7 @@ def nelbo(model, x: torch.Tensor, *, atol: float = 1e-5, rtol: float = 1e-5, iw_
             raise ValueError("the pixel baseline has no encoder: importance weighting (iw_samples > 1) does not apply")
         logp, nfe = log_prob_ode(model.prior, 2.0 * x - 1.0, atol=atol, rtol=rtol, probes=probes, seed=seed)
         return {"nelbo": -logp, "recon": torch.zeros_like(logp), "kl": -logp, "nfe": nfe}
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(int(seed))
+    generator = seeded_generator(seed)
     b, k = x.shape[0], iw_samples
     with torch.no_grad():
         mu, log_sigma = model.encode(x)

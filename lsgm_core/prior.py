@@ -9,8 +9,7 @@ from torch.func import functional_call
 
 from .nets import UNet
 from .sde import make_sde
-
-LOG_2PI = math.log(2.0 * math.pi)
+from .tensors import LOG_2PI, per_sample
 
 
 def noise_like(x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +60,7 @@ class ScorePrior(nn.Module):
         a = self.alpha(alpha)
         if not self.mixed:
             return self.net(zt, t)
-        sigma = self.sde.sigma(t).view(-1, 1, 1, 1)
+        sigma = per_sample(self.sde.sigma(t), zt)
         gaussian = sigma * zt
         if not bool((a > 0).any()):
             return gaussian  # pure N(0, I): no network evaluation needed
@@ -75,7 +74,7 @@ class ScorePrior(nn.Module):
 
     def score(self, zt, t, alpha=None) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=zt.dtype, device=zt.device).expand(zt.shape[0])
-        return -self.eps(zt, t, alpha) / self.sde.sigma(t).view(-1, 1, 1, 1)
+        return -self.eps(zt, t, alpha) / per_sample(self.sde.sigma(t), zt)
 
     def score_matching_terms(self, z0: torch.Tensor, sampler: str, weighting: str,
                              detach_params: bool = False) -> torch.Tensor:
@@ -114,7 +113,7 @@ class ScorePrior(nn.Module):
         t, inv_density = self.sde.sample_time(z0.shape[0], sampler, device=z0.device)
         eps = noise_like(z0)
         zt = self.sde.perturb(z0, t, eps)
-        gaussian = self.sde.sigma(t).view(-1, 1, 1, 1) * zt
+        gaussian = per_sample(self.sde.sigma(t), zt) * zt
         eps_hat = self.eps(zt, t, detach_params=detach_params)
         diff = ((eps - eps_hat).float().pow(2) - (eps - gaussian).float().pow(2)) * self._active_mask()
         closed_form = 0.5 * (LOG_2PI + mu.float().pow(2) + (2 * log_sigma.float()).exp())

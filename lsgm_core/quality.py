@@ -25,6 +25,7 @@ import torch
 
 from . import features
 from .data import load_dataset
+from .tensors import crop, seeded_generator
 
 __all__ = ["posterior_reconstructions", "posterior_fids", "fid_ratio", "sample_fids", "class_balance",
            "nearest_train_distances", "copy_check"]
@@ -34,7 +35,7 @@ def posterior_reconstructions(model, dataset, idx: torch.Tensor, seed: int = 0, 
     """Decoded z0 ~ q(z0|x) of dataset images `idx` (binary data binarised afresh), [N, C, H, W] in [0, 1].
     The binarisations and z0 draws are made for all images at once, so they do not depend on `batch_size`."""
     device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)
     x, _ = dataset.batch(idx, generator=gen)
     noise = torch.randn((len(idx),) + tuple(model.latent_shape), generator=gen)
     out = []
@@ -60,7 +61,7 @@ def posterior_fids(model, num: int, data_dir=None, seed: int = 0, batch_size: in
     train, test = load("train"), load("test")
     if num > len(test):
         raise ValueError(f"{num} images asked for, but the {name} test set has {len(test)}")
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:num]
+    idx = torch.randperm(len(train), generator=seeded_generator(seed))[:num]
     floor = posterior_reconstructions(model, train, idx, seed, batch_size)
     paired = posterior_reconstructions(model, test, features.reference_indices(len(test), num), seed, batch_size)
     return {"posterior_fid": features.fid_against_test_set(floor, name, data_dir, n=num, seed=seed),
@@ -110,10 +111,9 @@ def copy_check(model, images: torch.Tensor, data_dir=None) -> dict:
     as many held-out test images, both as grey levels cropped to the data's size."""
     _, load = _reference(model, data_dir)
     train, test = load("train"), load("test")
-    crop = lambda x: x[..., train.crop:x.shape[-2] - train.crop, train.crop:x.shape[-1] - train.crop]  # noqa: E731
-    train_images = crop(train.images.float() / 255.0)
+    train_images = crop(train.images.float() / 255.0, train.crop)
     n = min(len(images), len(test))
-    held_out = crop(test.images[features.reference_indices(len(test), n)].float() / 255.0)
+    held_out = crop(test.images[features.reference_indices(len(test), n)].float() / 255.0, test.crop)
     d_samples = nearest_train_distances(images[:n], train_images)
     d_test = nearest_train_distances(held_out, train_images)
     q = torch.tensor([0.01, 0.5])

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from . import atomic
 from .checkpoint import load_model
 from .cli import report
-from .solvers import SOLVERS, sample, solver_options
 from .device import pick_device
+from .solvers import SOLVERS, sample, solver_options
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:

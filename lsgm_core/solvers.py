@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torchdiffeq import odeint
 
+from .tensors import per_sample, seeded_generator
+
 ODE_EPS = 1e-5
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's, for ode_solve
 # the fast solver's multistep order (its first steps use the history they have). Third order against
@@ -86,7 +88,7 @@ class ProbabilityFlow:
     @classmethod
     def coef(cls, fn, t, z: torch.Tensor) -> torch.Tensor:
         """fn(t) per sample, shaped to broadcast over z."""
-        return fn(cls._ts(t, z)).view((-1,) + (1,) * (z.dim() - 1))
+        return per_sample(fn(cls._ts(t, z)), z)
 
     def eps(self, z: torch.Tensor, t) -> torch.Tensor:
         self.nfe += 1
@@ -455,11 +457,7 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device)
     shape = tuple(model.prior.shape)
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(int(seed))
+    generator = seeded_generator(seed)
     if z1 is None:
         z1 = temperature * torch.randn((num,) + shape, generator=generator)
     elif tuple(z1.shape) != (num,) + shape:
@@ -514,7 +512,7 @@ def interpolate(model, x_a: torch.Tensor, x_b: torch.Tensor, num: int, mode: str
     x = torch.stack([x_a.reshape(x_a.shape[-3:]), x_b.reshape(x_b.shape[-3:])]).to(device)
     with torch.no_grad():
         mu = model.encode(x)[0]
-    w = torch.linspace(0.0, 1.0, num, device=device).view((-1,) + (1,) * (mu.dim() - 1))
+    w = per_sample(torch.linspace(0.0, 1.0, num, device=device), mu)
     if mode == "linear_z0":
         z0 = (1.0 - w) * mu[0] + w * mu[1]
     else:

@@ -6,8 +6,8 @@ latent z0 placed at t = ODE_EPS (see solvers.py for that choice) and integrated 
     log p(z0) = log N(z1; 0, I) + int_{ODE_EPS}^{1} div f(z(t), t) dt,
 
 the divergence estimated by Hutchinson's trace estimator e^T (df/dz) e with probes e fixed for
-the whole solve (unbiased for Rademacher and Gaussian e; exact for Rademacher when df/dz is a
-multiple of the identity).
+the whole solve (unbiased for Rademacher and Gaussian e; exact for Rademacher whenever df/dz is
+diagonal). Derivation: docs/method.md, section 6.
 """
 from __future__ import annotations
 

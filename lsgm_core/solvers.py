@@ -20,8 +20,10 @@ eps_hat = (1 - alpha) sigma z + alpha eps_theta this is
 
 whose linear part has the exact propagator (sigma_t / sigma_s)^alpha per channel. The fast
 solver integrates that part exactly and v as the polynomial in lambda through its last three
-evaluations (a multistep exponential integrator: DPM-Solver++(3M) at alpha = 1, the pixel
-baseline); at alpha = 0 it is exact: v = 0 and z stays z1 ~ N(0, I).
+evaluations (a multistep exponential integrator in the family of DPM-Solver++(3M), which it
+becomes at alpha = 1, the pixel baseline, up to integrating the quadratic term exactly where
+DPM-Solver++(3M) weights it by half as much); at alpha = 0 it is exact: v = 0 and z stays
+z1 ~ N(0, I). Derivation: docs/method.md, section 5.
 """
 from __future__ import annotations
 

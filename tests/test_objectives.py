@@ -101,8 +101,9 @@ def _truncated_ce(sde, c, n=200_001):
     return const + integral(w * m2 * m2) + integral(w * m2 * v) * c
 
 
-def test_design_numbers_in_one_dimension():
-    """The closed form in one dimension: q(z0) = N(0.7, 0.3^2), p = N(0, 1), exact CE 1.20894."""
+def test_cross_entropy_numbers_in_one_dimension():
+    """The closed form in one dimension: q(z0) = N(0.7, 0.3^2), p = N(0, 1), exact CE 1.20894
+    (docs/method.md, section 3.2)."""
     assert HALF_LOG_2PI + (0.7 ** 2 + 0.3 ** 2) / 2 == pytest.approx(1.20894, abs=1e-5)
     c = 0.7 ** 2 + 0.3 ** 2
     assert _truncated_ce(VPSDE(t_eps=0.01), c) == pytest.approx(1.20934, abs=1e-5)

@@ -16,10 +16,13 @@ class DiskFullError(OSError):
 
 
 def full_disk_error(e: OSError, folder: Path) -> OSError:
-    """A clear error for ENOSPC / EDQUOT that names the folder; other errors unchanged."""
+    """A clear error for ENOSPC / EDQUOT that names the folder, caused by `e`; other errors unchanged
+    (so that `raise full_disk_error(e, folder)` re-raises them as they were)."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(e.errno, f"no space left on the disk of {folder} while writing there; what was "
-                                      "there before is intact: free some space (or choose another folder) and retry")
+        error = DiskFullError(e.errno, f"no space left on the disk of {folder} while writing there; what was "
+                                       "there before is intact: free some space (or choose another folder) and retry")
+        error.__cause__ = e
+        return error
     return e
 
 
@@ -60,7 +63,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], mode: i
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise full_disk_error(e, path.parent) from e
+        raise full_disk_error(e, path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

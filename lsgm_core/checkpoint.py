@@ -4,7 +4,7 @@ A checkpoint is a folder:
     config.json          the resolved run configuration
     model.safetensors    all weights of the model
     ema.safetensors      exponential moving average of the prior's weights (stage 2)
-    train.safetensors    optimiser moments and RNG states, to resume training (optional)
+    train.safetensors    optimiser moments, to resume training (optional; optimizers_to_tensors)
     meta.json            step, metrics, optimiser hyper-parameters, SHA-256 of every file; written last
 
 A training run folder holds checkpoints/step-XXXXXXXX/ folders and a `latest` file naming the
@@ -17,12 +17,13 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from . import atomic
 
 FORMAT = "lsgm-checkpoint"
 VERSION = 1
@@ -42,57 +43,43 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_durably(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_json(path: Path, obj) -> None:
-    _write_durably(path, json.dumps(obj, indent=2, sort_keys=True))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | Path, config: dict, tensors: dict[str, dict[str, torch.Tensor]],
                     meta: dict | None = None) -> Path:
     """Write a checkpoint folder atomically: built beside `path`, then renamed into place.
 
-    `tensors` maps a part name (model, ema, train) to a flat dict of tensors.
+    `tensors` maps a part name (model, ema, train) to a flat dict of tensors. On any failure the
+    folder being built goes and `path` keeps what it held; a full disk raises atomic.DiskFullError
+    naming the folder the checkpoint was saved in.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    for part in tensors:
+        if part not in PARTS:
+            raise ValueError(f"unknown checkpoint part {part!r}; parts are {PARTS}")
+    tmp = atomic.temp_path(path, "tmp")
     try:
+        tmp.mkdir(parents=True)
         files = {}
         for part, state in tensors.items():
-            if part not in PARTS:
-                raise ValueError(f"unknown checkpoint part {part!r}; parts are {PARTS}")
             name = f"{part}.safetensors"
-            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / name))
+            flat = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+            atomic.atomic_write(tmp / name, lambda f: save_file(flat, str(f)))
             files[name] = _sha256(tmp / name)
-        _write_json(tmp / "config.json", config)
+        atomic.write_json(tmp / "config.json", config)
         files["config.json"] = _sha256(tmp / "config.json")
-        _write_json(tmp / "meta.json", {**(meta or {}), "format": FORMAT, "version": VERSION, "files": files})
-        _fsync_dir(tmp)
+        atomic.write_json(tmp / "meta.json", {**(meta or {}), "format": FORMAT, "version": VERSION, "files": files})
         if path.exists():
             # swap: the old folder is moved aside first, so `path` always names a whole checkpoint
             # or (for an instant) nothing; resolve_checkpoint falls back to the aside copy
-            aside = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            aside = atomic.temp_path(path, "old")
             os.rename(path, aside)
             os.rename(tmp, path)
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        atomic.fsync_dir(path.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise atomic.full_disk_error(e, path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -105,19 +92,50 @@ def save_run_checkpoint(run_dir: str | Path, step: int, config: dict,
     run_dir = Path(run_dir)
     name = f"step-{step:08d}"
     path = save_checkpoint(run_dir / "checkpoints" / name, config, tensors, {**meta, "step": step})
-    tmp = run_dir / f".latest.tmp-{uuid.uuid4().hex[:8]}"
-    _write_durably(tmp, name + "\n")  # on disk before the rename, so a crash never leaves an empty `latest`
-    os.replace(tmp, run_dir / "latest")
-    _fsync_dir(run_dir)
+    atomic.write_text(run_dir / "latest", name + "\n")
     old = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if p.name != name)
     for p in old[:max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
     # what saves killed midway left behind (one writer per run folder: none of it is in use)
     for p in (run_dir / "checkpoints").glob(".step-*"):
         shutil.rmtree(p, ignore_errors=True)
-    for p in run_dir.glob(".latest.tmp-*"):
+    for p in run_dir.glob(".latest.*"):
         p.unlink(missing_ok=True)
     return path
+
+
+def optimizers_to_tensors(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimisers' states as flat tensors named <optimiser>.<parameter index>.<field> (for
+    train.safetensors), and their parameter groups (plain numbers, for meta.json)."""
+    tensors, groups = {}, {}
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        groups[name] = sd["param_groups"]
+        for idx, fields in sd["state"].items():
+            for field, value in fields.items():
+                tensors[f"{name}.{idx}.{field}"] = torch.as_tensor(value)
+    return tensors, groups
+
+
+def optimizers_from_tensors(optimizers: dict[str, torch.optim.Optimizer], tensors: dict[str, torch.Tensor],
+                            groups: dict, checkpoint: str, keep: tuple[str, ...] = ()) -> None:
+    """Load what optimizers_to_tensors saved (in the folder `checkpoint`, named in errors) into
+    `optimizers`; the keys `keep` of their own parameter groups win over the saved ones (settings
+    that follow the config, not the file)."""
+    for name, opt in optimizers.items():
+        if name not in groups:
+            raise CheckpointError(f"{checkpoint}/meta.json: has no parameter groups of the {name} optimiser "
+                                  f"(only of: {', '.join(groups) or 'none'})")
+        state = {}
+        for key, value in tensors.items():
+            if key.startswith(f"{name}."):
+                idx, _, field = key[len(name) + 1:].partition(".")
+                if not idx.isdigit() or not field:
+                    raise CheckpointError(f"{checkpoint}/train.safetensors: tensor {key[:80]!r} is not named "
+                                          "<optimiser>.<parameter index>.<field>")
+                state.setdefault(int(idx), {})[field] = value
+        current = [{k: g[k] for k in keep} for g in opt.param_groups]
+        opt.load_state_dict({"state": state, "param_groups": [{**g, **c} for g, c in zip(groups[name], current)]})
 
 
 def _aside(path: Path) -> Path | None:

@@ -18,7 +18,7 @@ _train = train.Trainer.train
 def _train_and_dump(self, *args, **kwargs):
     result = _train(self, *args, **kwargs)
     tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in (self.ema or {}).items()})
+    tensors.update({f"ema.{k}": v for k, v in (self.ema.state_dict() if self.ema else {}).items()})
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
               str(Path(self.out) / f"params-rank{self.rank}.safetensors"))
     return result

@@ -20,7 +20,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lsgm_core import checkpoint
+from lsgm_core import atomic, checkpoint
 
 
 def die() -> None:
@@ -31,10 +31,11 @@ def die() -> None:
 class SaveKiller:
     """Numbers the moments of a checkpoint save and SIGKILLs the process at moment `target`.
 
-    The moments are: before every file-system step of lsgm_core.checkpoint (folder created, each file
-    written, fsync, rename, `latest` replaced, old checkpoints pruned), halfway through writing each
-    file (the file is cut to half its size before the kill, as a kill mid-write leaves it), and the
-    end of the save. With target None nothing dies and `moments` counts them.
+    The moments are: before every file-system step of a save through lsgm_core.checkpoint and
+    lsgm_core.atomic (folder created, each file written, fsync, rename, `latest` replaced, old
+    checkpoints pruned), halfway through writing each file (the file is cut to half its size before
+    the kill, as a kill mid-write leaves it), and the end of the save. With target None nothing dies
+    and `moments` counts them.
     """
 
     def __init__(self, target: int | None = None):
@@ -61,16 +62,17 @@ class SaveKiller:
                 return fn(*args, **kwargs)
             return wrapped
 
-        def writer(fn, path_arg):
-            def wrapped(*args, **kwargs):
-                self.moment()
-                fn(*args, **kwargs)
-                self.moment(cut=Path(args[path_arg]))
+        def writer(atomic_write):
+            def wrapped(path, write, *args, **kwargs):
+                def write_in_moments(tmp):
+                    self.moment()
+                    write(tmp)
+                    self.moment(cut=Path(tmp))
+                return atomic_write(path, write_in_moments, *args, **kwargs)
             return wrapped
 
-        setattr(checkpoint, "save_file", writer(checkpoint.save_file, 1))
-        setattr(checkpoint, "_write_json", writer(checkpoint._write_json, 0))
-        setattr(checkpoint, "_fsync_dir", step(checkpoint._fsync_dir))
+        setattr(atomic, "atomic_write", writer(atomic.atomic_write))
+        setattr(atomic, "fsync_dir", step(atomic.fsync_dir))
         for module, name in [(checkpoint.os, "rename"), (checkpoint.os, "replace"), (checkpoint.shutil, "rmtree"),
                              (checkpoint.Path, "mkdir"), (checkpoint.Path, "write_text")]:
             setattr(module, name, step(getattr(module, name)))
@@ -129,7 +131,7 @@ def _plan_kill(train, plan: str) -> None:
 
         def step_then_die(self):
             stats = train_step(self)
-            if self.step + 1 == numbers[0]:  # the update of this step is done, not yet logged or saved
+            if self.step == numbers[0]:  # the update of this step is done, not yet logged or saved
                 die()
             return stats
 

@@ -192,9 +192,9 @@ def _record_params(trainer):
     step = trainer.train_step
 
     def recorded():
-        before = [p.detach().clone() for p in trainer.model.parameters()]
+        number, before = trainer.step, [p.detach().clone() for p in trainer.model.parameters()]
         stats = step()
-        seen[trainer.step] = (before, [p.detach().clone() for p in trainer.model.parameters()])
+        seen[number] = (before, [p.detach().clone() for p in trainer.model.parameters()])
         return stats
 
     trainer.train_step = recorded

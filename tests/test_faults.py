@@ -1,11 +1,14 @@
 """Faults and hostile files against the engine: SIGKILL at every moment of a checkpoint save, SIGKILL
-during training then --resume, and checkpoints built to run code or to read outside their folder.
+during training then --resume, a full disk (ENOSPC) inside a save, and checkpoints built to run code
+or to read outside their folder.
 
 What must hold: `latest` always names a whole checkpoint whose SHA-256 sums verify (no partial
 folder is ever picked up), a killed run resumes from its last checkpoint and ends bit for bit like
-an uninterrupted one, and loading never executes code from a file: hostile files are refused with
+an uninterrupted one, a full disk gives an error naming the folder and leaves the previous
+checkpoint as it was, and loading never executes code from a file: hostile files are refused with
 an error naming the file.
 """
+import errno
 import json
 import os
 import pickle
@@ -20,9 +23,11 @@ import pytest
 import torch
 
 from faults import SaveKiller, pickle_payload, rehash, torch_payload
+from lsgm_core import checkpoint
+from lsgm_core.atomic import DiskFullError
 from lsgm_core.checkpoint import (PARTS, CheckpointError, load_model, read_checkpoint, resolve_checkpoint,
                                   save_run_checkpoint)
-from lsgm_core.train import Trainer
+from lsgm_core.train import Trainer, main
 from test_training import ROOT, _config, _env, _log, _without_timing
 
 FAULTS = Path(__file__).with_name("faults.py")
@@ -169,6 +174,90 @@ def test_sigkill_in_training_then_resume_ends_like_an_uninterrupted_run(data_dir
     final = read_checkpoint(run, parts=("model", "ema"))[2]
     for part in ("model", "ema"):
         assert all(torch.equal(final[part][k], v) for k, v in reference[part].items()), part
+
+
+# --------------------------------------------------------------------------- a full disk inside a save
+
+def _fill_disk_at(m, target) -> None:
+    """Make the write of a file whose temporary name `target(name, folder)` picks fail as on a full
+    disk: half of the file written, then ENOSPC."""
+    save_file, write_text = checkpoint.save_file, Path.write_text
+
+    def enospc(path):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    def full_save_file(tensors, filename, *args, **kwargs):
+        save_file(tensors, filename, *args, **kwargs)
+        if target(Path(filename).name, Path(filename).parent.name):
+            os.truncate(filename, os.path.getsize(filename) // 2)
+            raise enospc(filename)
+
+    def full_write_text(self, text, *args, **kwargs):
+        if target(self.name, self.parent.name):
+            write_text(self, text[:len(text) // 2], *args, **kwargs)
+            raise enospc(self)
+        return write_text(self, text, *args, **kwargs)
+
+    m.setattr(checkpoint, "save_file", full_save_file)
+    m.setattr(Path, "write_text", full_write_text)
+
+
+@pytest.mark.parametrize("full_at", ["model.safetensors", "ema.safetensors", "train.safetensors", "config.json",
+                                     "meta.json", "latest"])
+def test_a_full_disk_in_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, full_at):
+    """A run folder holds steps 5 and 10; the disk fills while the save of step 15 writes `full_at`.
+    The save raises DiskFullError naming the folder it wrote in; the run still resolves to step 10,
+    bit for bit as saved; nothing of the failed save is left but, when only `latest` failed, the
+    whole step-15 folder; with space again, the next save works."""
+    gen = torch.Generator().manual_seed(0)
+    tensors = {part: {"w": torch.randn(64, 32, generator=gen), "n": torch.arange(7)} for part in PARTS}
+    config = {"model": {"kind": "lsgm"}}
+    run = tmp_path / "run"
+    for step in (5, 10):
+        save_run_checkpoint(run, step, config, _variant(tensors, step), {"tag": step})
+    with monkeypatch.context() as m:
+        _fill_disk_at(m, lambda name, folder: name.startswith(f".{full_at}."))
+        with pytest.raises(DiskFullError) as e:
+            save_run_checkpoint(run, 15, config, _variant(tensors, 15), {"tag": 15})
+    folder = run if full_at == "latest" else run / "checkpoints"
+    assert e.value.errno == errno.ENOSPC and f"no space left on the disk of {folder} while writing" in str(e.value)
+    assert _assert_whole(run, {10: _variant(tensors, 10)}) == 10
+    assert not [p.name for p in run.rglob(".*")]
+    kept = ["step-00000005", "step-00000010", *(["step-00000015"] if full_at == "latest" else [])]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == kept
+    save_run_checkpoint(run, 20, config, _variant(tensors, 20), {"tag": 20})
+    assert _assert_whole(run, {20: _variant(tensors, 20)}) == 20
+
+
+def test_a_full_disk_in_training_stops_the_cli_with_the_folder_named(data_dir, tmp_path, monkeypatch, capsys):
+    """The training CLI's final save (step 10) meets a full disk: it exits 2 with one error line naming
+    the checkpoints folder, and the run's checkpoint is still step 5, the same as a run with space."""
+    cfg = _config(train={"max_steps": 10, "ckpt_every": 5, "batch_size": 16, "num_threads": 1})
+    threads = torch.get_num_threads()
+    try:
+        Trainer(cfg, tmp_path / "with-space", data_dir, device="cpu", show_progress=False).train()
+    finally:
+        torch.set_num_threads(threads)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg))
+    run = tmp_path / "full"
+    with monkeypatch.context() as m:
+        _fill_disk_at(m, lambda name, folder: folder.startswith(".step-00000010."))
+        try:
+            code = main(["--config", str(config), "--out", str(run), "--data-dir", str(data_dir), "--device", "cpu",
+                         "--no-progress"])
+        finally:
+            torch.set_num_threads(threads)
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and f"disk of {run / 'checkpoints'} " in err[0], err
+    assert (run / "latest").read_text().strip() == "step-00000005"
+    assert not [p.name for p in run.rglob(".*")]
+    saved = read_checkpoint(run, parts=PARTS)[2]
+    reference = read_checkpoint(tmp_path / "with-space" / "checkpoints" / "step-00000005", parts=PARTS)[2]
+    assert set(saved) == set(reference) == {"model", "train"}
+    for part, state in reference.items():
+        assert set(saved[part]) == set(state) and all(torch.equal(saved[part][k], v) for k, v in state.items()), part
 
 
 # --------------------------------------------------------------------------- hostile checkpoint files

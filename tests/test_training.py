@@ -172,7 +172,7 @@ def _resume_and_compare(cfg, data_dir, tmp_path):
 
     def stop_after_step_10():
         stats = step()
-        if first.step == 9:  # the 10th step: the trainer's own SIGTERM handler stops the loop after it
+        if first.step == 10:  # after the 10th step: the trainer's own SIGTERM handler stops the loop there
             os.kill(os.getpid(), signal.SIGTERM)
         return stats
 

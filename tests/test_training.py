@@ -125,8 +125,8 @@ def test_export_keeps_the_model_and_folding_the_ema_halves_the_prior(tiny_checkp
         assert torch.equal(model.losses(x, stage=2)["nelbo"], a)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA GPU"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU")])])
 def test_bf16_precision_and_periodic_test_evaluation(data_dir, tmp_path, device):
     """train.precision = bf16 trains (finite, close to fp32 at the first step, same seed), on the CPU
     and on a GPU; train.eval_every logs the test bound at those steps; an unknown precision is refused."""

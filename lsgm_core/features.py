@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from .atomic import atomic_write, write_json
 from .checkpoint import CheckpointError, load_state
 from .data import DATASETS, DataError, dataset_spec, load_dataset
+from .tensors import seeded_generator
 
 __all__ = [
     "DEFAULT_FEATURES_DIR", "FeatureClassifier", "classify", "extract_features", "feature_stats",
@@ -133,7 +134,7 @@ def _batches(classifier: FeatureClassifier, images, batch_size: int, seed: int):
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     x = _as_image_tensor(images)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     device = next(classifier.parameters()).device
     binarize = getattr(classifier, "binarize", False)
     for i in range(0, len(x), batch_size):
@@ -385,7 +386,7 @@ def train_classifier(dataset_name: str, data_dir: str | os.PathLike | None, out_
     test = load_dataset(dataset_name, "test", data_dir, image_size=IMAGE_SIZE)
 
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     arch = {"width": 16, "feature_dim": 128, "num_classes": len(spec.class_names)}
     model = FeatureClassifier(**arch)
     model.binarize = train.binarize

@@ -13,6 +13,7 @@ import gradio as gr
 import torch
 
 from lsgm_core import CheckpointError, ConfigError, DataError
+from lsgm_core.atomic import DiskFullError
 
 from .images import Outputs
 from .models import Registry
@@ -78,7 +79,7 @@ def user_errors(fn):
         except Cancelled:
             log.info("%s stopped by the user", fn.__name__)
             raise gr.Error("Stopped.") from None
-        except (ValueError, CheckpointError, DataError, ConfigError) as e:
+        except (ValueError, CheckpointError, DataError, ConfigError, DiskFullError) as e:
             raise gr.Error(str(e)) from None
         except torch.OutOfMemoryError:
             raise gr.Error("out of memory: ask for fewer images at a time") from None

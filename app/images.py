@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lsgm_core import atomic
 from lsgm_core.data import MAX_IMAGE_PIXELS, DataError, read_image
 
 MAX_UPLOAD_MB = 10
@@ -98,7 +99,8 @@ def grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> Image.I
 class Outputs:
     """The app's own folder for files it serves (PNG, GIF, CSV); files older than max_age_s go.
 
-    Named with random ids, so one user cannot guess another's file.
+    Named with random ids, so one user cannot guess another's file; written atomically, so a
+    download never gets half a file, and a full disk gives a clear message.
     """
 
     def __init__(self, root: str | os.PathLike | None = None, max_age_s: float = 3600):
@@ -116,18 +118,14 @@ class Outputs:
         return self.dir / f"{stem}-{uuid.uuid4().hex[:12]}{suffix}"
 
     def png(self, image: Image.Image, stem: str) -> str:
-        path = self.path(stem, ".png")
-        image.save(path)
-        return str(path)
+        # the format is named: PIL cannot read it from the temporary file's suffix
+        return str(atomic.atomic_write(self.path(stem, ".png"), lambda tmp: image.save(tmp, format="PNG")))
 
     def gif(self, frames: list[Image.Image], stem: str, ms_per_frame: int = 250) -> str:
         """An animated GIF that loops, holding the last frame a little longer."""
-        path = self.path(stem, ".gif")
         durations = [ms_per_frame] * (len(frames) - 1) + [ms_per_frame * 4]
-        frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
-        return str(path)
+        return str(atomic.atomic_write(self.path(stem, ".gif"), lambda tmp: frames[0].save(
+            tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)))
 
     def text(self, content: str, stem: str, suffix: str) -> str:
-        path = self.path(stem, suffix)
-        path.write_text(content)
-        return str(path)
+        return str(atomic.write_text(self.path(stem, suffix), content))

@@ -10,12 +10,14 @@ the app itself only reads assets/.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import io
 
 import numpy as np
 from PIL import Image
 
+from lsgm_core import atomic
 from lsgm_core.data import load_dataset
+from lsgm_core.tensors import crop
 
 from .paths import ASSETS, CLASS_NAMES
 
@@ -28,20 +30,19 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", required=True)
     args = ap.parse_args(argv)
-    (ASSETS / "examples").mkdir(parents=True, exist_ok=True)
-    (ASSETS / "latent").mkdir(parents=True, exist_ok=True)
     for name in CLASS_NAMES:
         ds = load_dataset(name, "test", args.data_dir, download=False)
-        c = ds.crop
-        images = ds.images[:, 0, c:ds.images.shape[-2] - c, c:ds.images.shape[-1] - c].numpy()
+        images = crop(ds.images, ds.crop)[:, 0].numpy()
         labels = ds.labels.numpy()
-        np.savez_compressed(ASSETS / "latent" / f"{name}-test.npz", images=images[:LATENT_POINTS],
-                            labels=labels[:LATENT_POINTS].astype(np.uint8))
+        buf = io.BytesIO()  # numpy would add .npz to the name of a temporary file
+        np.savez_compressed(buf, images=images[:LATENT_POINTS], labels=labels[:LATENT_POINTS].astype(np.uint8))
+        atomic.write_bytes(ASSETS / "latent" / f"{name}-test.npz", buf.getvalue())
         # examples come from beyond the latent-map subset, so the two never overlap
         for label in range(10):
             for k, i in enumerate(np.flatnonzero(labels[LATENT_POINTS:] == label)[:PER_CLASS]):
-                Image.fromarray(images[LATENT_POINTS + i]).save(
-                    ASSETS / "examples" / f"{name}-{label}-{k}.png", optimize=True)
+                atomic.atomic_write(ASSETS / "examples" / f"{name}-{label}-{k}.png",
+                                    lambda tmp: Image.fromarray(images[LATENT_POINTS + i]).save(
+                                        tmp, format="PNG", optimize=True))
 
 
 if __name__ == "__main__":

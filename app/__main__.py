@@ -40,11 +40,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def warm_up(ctx) -> None:
-    """In the background, at low priority: load the default model, run one tiny sample, and compile
-    UMAP, so the first clicks do not pay for it."""
+    """In the background, at low priority: load the default model, run one tiny sample, and the
+    tabs' own warm-ups (UMAP's compilation), so the first clicks do not pay for it."""
     from lsgm_core import solvers
 
-    from .tabs import latent_map
+    from .solver_controls import DEFAULT_SOLVER, LOG_TOL_MAX, solver_args
+    from .tabs import TABS
 
     log = logging.getLogger("app")
     try:
@@ -54,8 +55,11 @@ def warm_up(ctx) -> None:
     try:
         model_id = ctx.registry.default_id()
         if model_id:
-            solvers.sample(ctx.registry.load(model_id), 1, "fast", steps=2)
-        latent_map.warm_up()
+            cheapest = solver_args(DEFAULT_SOLVER, LOG_TOL_MAX, LOG_TOL_MAX, 2)  # 2 steps or the loosest tolerance
+            solvers.sample(ctx.registry.load(model_id), 1, DEFAULT_SOLVER, **cheapest)
+        for tab in TABS:
+            if tab.warm_up is not None:
+                tab.warm_up()
     except Exception:  # warming is an optimisation: the first request will report any real problem
         log.exception("warm-up failed")
     log.info("warm-up done after %.1f s", time.perf_counter() - START)

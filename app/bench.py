@@ -26,13 +26,6 @@ from pathlib import Path
 from .paths import CHECKPOINTS, ROOT
 
 
-def add_app_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="model to serve (default: the app's default from checkpoints/)")
-    p.add_argument("--clicks", type=int, default=5, help="timed default Sample clicks (default 5)")
-    p.add_argument("--map-points", type=int, default=5000, help="points of the timed latent map (default 5000)")
-    p.add_argument("--device", default="cpu", help="device of the server (default cpu)")
-
-
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
@@ -104,7 +97,10 @@ def bench_app(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m app.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_app_args(ap)
+    ap.add_argument("--checkpoint", help="model to serve (default: the app's default from checkpoints/)")
+    ap.add_argument("--clicks", type=int, default=5, help="timed default Sample clicks (default 5)")
+    ap.add_argument("--map-points", type=int, default=5000, help="points of the timed latent map (default 5000)")
+    ap.add_argument("--device", default="cpu", help="device of the server (default cpu)")
     args = ap.parse_args(argv)
     try:
         print(json.dumps(bench_app(args)), flush=True)

@@ -1,4 +1,4 @@
-"""The whole page: the model picker above five tabs, and the server settings it is launched with."""
+"""The whole page: the model picker above the tabs (app.tabs.TABS), and the server settings it is launched with."""
 import gradio as gr
 
 from lsgm_core import CheckpointError
@@ -6,12 +6,9 @@ from lsgm_core import CheckpointError
 from .common import Context, user_errors
 from .images import MAX_UPLOAD_MB
 from .paths import ASSETS
-from .tabs import interpolate, latent_map, sample, train, trajectory
+from .tabs import TABS
 
 MAX_QUEUE = 64  # requests waiting at once, all users together; more are refused with "queue full"
-# Images of 28x28 pixels: enlarged without blur, and the inputs shown at a visible size.
-CSS = """#sample-grid img, #trajectory-frames img, #interp-strip img { image-rendering: pixelated; }
-#interp-a img, #interp-b img { image-rendering: pixelated; min-height: 140px; object-fit: contain; }"""
 # System fonts: the default theme would fetch Google Fonts, and the app must work offline.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
@@ -41,9 +38,8 @@ def build_app(ctx: Context) -> gr.Blocks:
             refresh = gr.Button("Refresh list", scale=0)
         info = gr.Markdown(elem_id="model-info")
         with gr.Tabs():
-            for title, tab in [("Sample", sample), ("Trajectory", trajectory), ("Interpolate", interpolate),
-                               ("Latent map", latent_map), ("Train", train)]:
-                with gr.Tab(title, id=title.lower().replace(" ", "-")):
+            for tab in TABS:
+                with gr.Tab(tab.label, id=tab.name):
                     tab.build(ctx, picker, demo)
 
         def on_pick(model_id, good):
@@ -77,4 +73,5 @@ def launch_options(ctx: Context) -> dict:
     """Keyword arguments of Blocks.launch: local, no share link, limits on uploads, offline assets."""
     return {"share": False, "show_error": True, "quiet": True, "ssr_mode": False, "mcp_server": False,
             "max_file_size": f"{MAX_UPLOAD_MB}mb", "allowed_paths": [str(ctx.outputs.dir), str(ASSETS)],
-            "theme": THEME, "css": CSS, "head": latent_map.HOVER_JS, "footer_links": ["api"]}
+            "theme": THEME, "css": "\n".join(t.css for t in TABS if t.css),
+            "head": "".join(t.head for t in TABS), "footer_links": ["api"]}

@@ -98,7 +98,7 @@ def test_alpha_control_scales_the_learned_alpha_of_active_channels():
     """The alpha control goes from 0 (N(0, I)) through the learned per-channel alpha (1) and beyond;
     its help text gives the active channels' alphas, not a mean dragged to ~0 by the inactive ones
     (the shipped model has 2 active latent channels of 16)."""
-    from app.tabs.sample import alpha_summary, scaled_alpha
+    from app.solver_controls import alpha_summary, scaled_alpha
 
     model = load_model(CHECKPOINTS / "lsgm-bmnist")
     learned, active = model.prior.alpha().detach(), model.prior.active > 0
@@ -113,7 +113,7 @@ def test_alpha_control_scales_the_learned_alpha_of_active_channels():
 
 def test_latent_map_names_the_space_it_maps():
     """The pixel baseline has no encoder: its map places pixels, and says so."""
-    from app.tabs.latent_map import space_name
+    from lsgm_core.latent_map import space_name
 
     assert space_name(load_model(CHECKPOINTS / "lsgm-bmnist")) == "z0 means"
     assert space_name(load_model(CHECKPOINTS / "sgm-bmnist-pixel")).startswith("pixels")

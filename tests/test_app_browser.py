@@ -9,15 +9,18 @@ import pytest
 from PIL import Image
 
 sync_api = pytest.importorskip("playwright.sync_api")
+from app.solver_controls import choices  # noqa: E402
+from app.tabs import TABS as TAB_SPECS  # noqa: E402
 
 CHROMIUM = os.environ.get("LSGM_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "app"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 WAIT_MS = 600_000  # a timeout, not a wait: on a shared, busy machine a training step can take seconds
-TABS = ["Sample", "Trajectory", "Interpolate", "Latent map", "Train"]
+TABS = [tab.label for tab in TAB_SPECS]
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 OFFLINE = ("http://127.0.0.1:", "data:", "blob:")  # what the page may load: the app itself, inline data
+SOLVER_LABELS = {name: label for label, name in choices()}  # the solver radio's labels, from the solver registry
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +97,7 @@ def test_sample_tab(page):
 def test_stop_ends_a_long_sampling_run(page, app_server):
     open_tab(page, "Sample")
     solver = page.locator("#sample-solver")
-    solver.get_by_label("sde (reverse SDE, Euler-Maruyama, fixed steps)").check()
+    solver.get_by_label(SOLVER_LABELS["sde"]).check()
     set_slider(page, "sample-steps", 2000)
     set_slider(page, "sample-num", 64)
     click(page, "Sample")
@@ -104,7 +107,7 @@ def test_stop_ends_a_long_sampling_run(page, app_server):
     while "run stopped by the user" not in app_server.stderr.read_text():
         assert time.time() < deadline, "the sampling job did not end after Stop"
         time.sleep(0.5)
-    solver.get_by_label("fast (exponential integrator, fixed steps)").check()  # back to the defaults
+    solver.get_by_label(SOLVER_LABELS["fast"]).check()  # back to the defaults
     set_slider(page, "sample-num", 16)
 
 

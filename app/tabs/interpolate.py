@@ -9,7 +9,7 @@ from lsgm_core import solvers
 from ..common import QUICK, Context, integer, number, one_of, try_load, user_errors
 from ..images import UPLOAD_RULES, display_scale, grid, model_input, to_pil
 from ..paths import ASSETS, CLASS_NAMES, shown_test_set
-from .sample import progress_callback
+from ..solver_controls import LOG_TOL_MAX, LOG_TOL_MIN, progress_callback
 
 MAX_IMAGES = 24
 MODES = [("spherical in z1, through the ODE", "slerp_z1"), ("linear in z0", "linear_z0")]
@@ -61,8 +61,8 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
     with gr.Row():
         mode = gr.Radio(MODES, value="slerp_z1", label="Interpolation")
         count = gr.Slider(3, MAX_IMAGES, value=10, step=1, label="Images in the strip")
-        log_tol = gr.Slider(-8, -1, value=-5, step=0.5, label="log10 ODE tolerance (spherical mode)",
-                            info="atol = rtol = 10^x")
+        log_tol = gr.Slider(LOG_TOL_MIN, LOG_TOL_MAX, value=-5, step=0.5,
+                            label="log10 ODE tolerance (spherical mode)", info="atol = rtol = 10^x")
     with gr.Row():
         go = gr.Button("Interpolate", variant="primary")
         stop = gr.Button("Stop", variant="stop")
@@ -89,7 +89,7 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
             raise ValueError("two images are needed: upload or pick an image for A and for B")
         one_of("interpolation", mode, [m for _, m in MODES])
         n = integer("images in the strip", count, 3, MAX_IMAGES)
-        tol = 10 ** number("log10 ODE tolerance", log_tol, -8, -1)
+        tol = 10 ** number("log10 ODE tolerance", log_tol, LOG_TOL_MIN, LOG_TOL_MAX)
         model = ctx.registry.load(model_id)
         (xa, notes_a), (xb, notes_b) = model_input(a, model), model_input(b, model)
         start = time.perf_counter()

@@ -1,5 +1,6 @@
 """Latent map tab: UMAP of the encoder's z0 means of real test images, coloured by class, with the
 model's own samples projected into the same map, a linear probe on z0, and the coordinates as CSV.
+The analysis is lsgm_core.latent_map's; this tab finds the images, draws the map and keeps the last few.
 
 Real images come from the data folder (--data-dir) when it holds the data set, else from the
 5,000 shipped in assets/latent/, so the map works offline on a fresh machine.
@@ -13,37 +14,17 @@ import gradio as gr
 import numpy as np
 import torch
 
-from lsgm_core import DataError, ImageDataset, load_dataset, solvers
+from lsgm_core import DataError, latent_map, load_dataset
+from lsgm_core.tensors import crop
 
-from .. import plots
+from .. import plots, solver_controls
 from ..common import SLOW, Context, integer, one_of, try_load, user_errors
 from ..images import to_pil
 from ..paths import ASSETS, CLASS_NAMES, shown_test_set
-from .sample import STEPS
 
 MAX_POINTS = 10_000
 MAX_SAMPLES = 1000
-PCA_DIMS = 50  # UMAP on the top principal components: the usual speed-up, little change to the map
 _CACHE_SIZE = 8
-
-
-def _reducer(n_neighbors: int = 15, **kwargs):
-    """UMAP with 200 epochs, its own choice for large data, rather than 500 below 10,000 points:
-    the map settles well before, at 2.5 times less cost."""
-    import umap
-
-    return umap.UMAP(n_neighbors=n_neighbors, min_dist=0.1, n_epochs=200, **kwargs)
-
-
-def warm_up() -> None:
-    """Import UMAP and compile its numba kernels (fit and transform) on toy problems: the first
-    real map would otherwise spend 30-90 s compiling. First the exact neighbour search that UMAP
-    uses below 4,096 points (the default maps), then the approximate one (pynndescent) it uses above."""
-    rng = np.random.default_rng(0)
-    for approximate in (False, True):
-        fitted = _reducer(5, force_approximation_algorithm=approximate).fit(
-            rng.normal(size=(300, 8)).astype(np.float32))
-        fitted.transform(rng.normal(size=(10, 8)).astype(np.float32))
 
 
 def _data_uri(image: torch.Tensor) -> str:
@@ -51,10 +32,6 @@ def _data_uri(image: torch.Tensor) -> str:
     to_pil(image).save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
-
-def space_name(model) -> str:
-    """What the map places: the encoder's z0 means, or for the pixel baseline (no encoder) the pixels."""
-    return "z0 means" if model.kind == "lsgm" else "pixels (the pixel-space model has no encoder)"
 
 class LatentMaps:
     """Maps computed so far (the most recent few), and the real images with their hover thumbnails."""
@@ -73,9 +50,8 @@ class LatentMaps:
             if self.ctx.data_dir is not None:
                 try:
                     ds = load_dataset(dataset, "test", self.ctx.data_dir, download=False)
-                    c = ds.crop
-                    images = ds.images[..., c:ds.images.shape[-2] - c, c:ds.images.shape[-1] - c]
-                    labels, source = ds.labels, f"data folder {self.ctx.data_dir}"
+                    images, labels = crop(ds.images, ds.crop), ds.labels
+                    source = f"data folder {self.ctx.data_dir}"
                 except DataError:
                     pass  # no such data in the folder: the shipped subset will do
             if images is None:
@@ -98,69 +74,25 @@ class LatentMaps:
         if model.image_size != 32:
             raise ValueError(f"the latent map uses 28x28 test images padded to 32x32; this model takes "
                              f"{model.image_size}x{model.image_size} images")
-        progress(0.05, desc="encoding the test images")
         images, labels, thumbs, source = self.real(dataset, model.crop)
         n = min(n, len(images))
-        # a model trained on binarised MNIST has only seen binary pixels: show it the same
-        binarize = model.config["data"]["dataset"] == "binarized-mnist"
-        data = ImageDataset(images[:n], labels[:n], binarize=binarize)
-        gen = torch.Generator().manual_seed(seed)
-        mus = []
-        with torch.inference_mode():
-            for idx in torch.arange(n).split(500):
-                x, _ = data.batch(idx, generator=gen)
-                x = x.expand(-1, model.in_channels, -1, -1).to(self.ctx.device)
-                mus.append(model.encode(x)[0].flatten(1).float().cpu())
-                check()
-            z_real = torch.cat(mus).numpy()
-            z_fake, fake_thumbs = np.zeros((0, z_real.shape[1]), np.float32), []
-            if n_samples:
-                progress(0.3, desc=f"sampling {n_samples} images from the model")
-                result = solvers.sample(model, n_samples, "fast", steps=STEPS["fast"], seed=seed,
-                                        callback=lambda d: check())
-                z_fake = result.z0.flatten(1).float().cpu().numpy()
-                fake_thumbs = [_data_uri(im) for im in result.images]
-        y = labels[:n].numpy()
-        space = space_name(model)
-        progress(0.45, desc=f"linear probe on {space}")
-        accuracy = self.probe(z_real, y)
-        check()
-        progress(0.6, desc=f"UMAP of {n} points")
-        xy_real, xy_fake = self.umap(z_real, z_fake)
+        solver = solver_controls.DEFAULT_SOLVER
+        result = latent_map.latent_map(
+            model, images[:n], labels[:n], num_samples=n_samples, seed=seed, solver=solver,
+            steps=solver_controls.default_steps(solver), device=self.ctx.device, check=check,
+            progress=lambda frac, desc: progress(frac, desc=desc))
         names = CLASS_NAMES[dataset]
-        title = f"UMAP of {space}: {n} {dataset} test images, {len(z_fake)} model samples (black x)"
-        fig = plots.latent_map(xy_real, y, names, thumbs[:n], xy_fake, fake_thumbs, title)
-        rows = ["kind,index,label,class,umap_x,umap_y"]
-        rows += [f"data,{i},{y[i]},{names[y[i]]},{x:.5f},{v:.5f}" for i, (x, v) in enumerate(xy_real)]
-        rows += [f"sample,{i},,,{x:.5f},{v:.5f}" for i, (x, v) in enumerate(xy_fake)]
-        out = {"figure": fig, "accuracy": accuracy, "csv": "\n".join(rows) + "\n", "n": n, "source": source,
-               "space": space}
+        title = (f"UMAP of {result.space}: {n} {dataset} test images, {len(result.sample_xy)} model samples "
+                 "(black x)")
+        fig = plots.latent_map(result.xy, result.labels, names, thumbs[:n], result.sample_xy,
+                               [_data_uri(im) for im in result.sample_images], title)
+        out = {"figure": fig, "accuracy": result.accuracy, "csv": result.csv(names), "n": n, "source": source,
+               "space": result.space}
         with self._lock:
             self._maps[key] = out
             while len(self._maps) > _CACHE_SIZE:
                 self._maps.popitem(last=False)
         return {**out, "cached": False}
-
-    @staticmethod
-    def probe(z: np.ndarray, y: np.ndarray) -> float:
-        """Test accuracy of a logistic regression on z0 means, trained on the first 80% of the images."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        cut = int(0.8 * len(z))
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
-        clf.fit(z[:cut], y[:cut])
-        return float(clf.score(z[cut:], y[cut:]))
-
-    @staticmethod
-    def umap(z_real: np.ndarray, z_fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from sklearn.decomposition import PCA
-
-        pca = PCA(min(PCA_DIMS, *z_real.shape), random_state=0).fit(z_real)
-        reducer = _reducer().fit(pca.transform(z_real))
-        fake = reducer.transform(pca.transform(z_fake)) if len(z_fake) else np.zeros((0, 2))
-        return reducer.embedding_, fake
 
 
 HOVER_JS = """

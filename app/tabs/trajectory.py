@@ -7,7 +7,7 @@ from lsgm_core import solvers
 from .. import plots
 from ..common import SLOW, Context, integer, user_errors
 from ..images import grid
-from .sample import progress_callback, solver_args, solver_controls
+from ..solver_controls import progress_callback, solver_args, solver_controls
 
 MAX_PATHS = 8
 MAX_FRAMES = 20

@@ -270,6 +270,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bo
     return model.to(device, memory_format=torch.channels_last).eval()
 
 
+def derived_meta(meta: dict, metrics: dict | None, source_key: str) -> dict:
+    """The meta.json of a checkpoint made from another: its record without the file list, format or
+    optimiser state, `metrics` merged into its metrics, and where it came from under `source_key`."""
+    keep = {k: v for k, v in meta.items() if k not in ("files", "format", "version", "path", "optimizers")}
+    keep["metrics"] = {**meta.get("metrics", {}), **(metrics or {})}
+    keep[source_key] = meta["path"]
+    return keep
+
+
 def export_checkpoint(src: str | Path, dst: str | Path, metrics: dict | None = None,
                       fold_ema: bool = False) -> Path:
     """Copy a checkpoint for shipping: weights and EMA only (no optimiser state), metrics merged.
@@ -277,9 +286,7 @@ def export_checkpoint(src: str | Path, dst: str | Path, metrics: dict | None = N
     `fold_ema` writes the prior's EMA weights into model.safetensors and drops ema.safetensors:
     the same model for `load_model` at about half the size, without the raw training weights."""
     config, meta, tensors = read_checkpoint(src, parts=("model", "ema"))
-    keep = {k: v for k, v in meta.items() if k not in ("files", "format", "version", "path", "optimizers")}
-    keep["metrics"] = {**meta.get("metrics", {}), **(metrics or {})}
-    keep["exported_from"] = meta["path"]
+    keep = derived_meta(meta, metrics, "exported_from")
     if fold_ema and "ema" in tensors:
         ema = tensors.pop("ema")
         tensors["model"] = {**tensors["model"], **{f"prior.{k}": v for k, v in ema.items()}}

@@ -13,6 +13,7 @@ from torch import nn
 from .decoder_likelihoods import make_likelihood
 from .nets import Decoder, Encoder
 from .prior import ScorePrior, noise_like
+from .student import Student
 from .tensors import LOG_2PI, crop, kl_standard_normal
 
 
@@ -32,6 +33,7 @@ class LSGM(nn.Module):
         self.decoder = Decoder(z, self.in_channels * self.likelihood.params_per_channel,
                                m["vae_channels"], m["vae_res_blocks"])
         self.prior = ScorePrior((z, res, res), **m["prior"])
+        self.student = build_student(config, self.prior)
         self.objective = config["objective"]
 
     @property
@@ -124,6 +126,7 @@ class PixelSGM(nn.Module):
         self.in_channels, self.image_size, self.crop = m["in_channels"], m["image_size"], m["crop"]
         prior_cfg = dict(m["prior"], mixed=False)
         self.prior = ScorePrior((self.in_channels, self.image_size, self.image_size), **prior_cfg)
+        self.student = build_student(config, self.prior)
         self.objective = config["objective"]
 
     @property
@@ -146,6 +149,11 @@ class PixelSGM(nn.Module):
         o = self.objective
         terms = self.prior.score_matching_terms(2.0 * x - 1.0, o["prior_sampler"], o["prior_weighting"])
         return {"loss": terms.mean()}
+
+
+def build_student(config: dict, prior) -> Student | None:
+    """The distilled sampler of a checkpoint that has one (config["student"], lsgm_core.distill)."""
+    return Student.from_config(config["student"], prior) if config.get("student") else None
 
 
 MODELS = {"lsgm": LSGM, "pixel": PixelSGM}

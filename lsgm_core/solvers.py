@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torchdiffeq import odeint
 
+from .student import STEPS as STUDENT_STEPS
 from .tensors import per_sample, seeded_generator
 
 ODE_EPS = 1e-5
@@ -77,8 +78,9 @@ class ProbabilityFlow:
     solve (torchdiffeq calls `callback_accept_step`).
     """
 
-    def __init__(self, prior, alpha=None, report: Callable[[float, int], None] | None = None):
+    def __init__(self, prior, alpha=None, report: Callable[[float, int], None] | None = None, student=None):
         self.prior, self.alpha, self.report, self.nfe = prior, alpha, report, 0
+        self.student = student  # the model's distilled sampler (lsgm_core.student), if it has one
         self.on_step: Callable[[float, float], None] | None = None
 
     @staticmethod
@@ -92,11 +94,20 @@ class ProbabilityFlow:
         """fn(t) per sample, shaped to broadcast over z."""
         return per_sample(fn(cls._ts(t, z)), z)
 
-    def eps(self, z: torch.Tensor, t) -> torch.Tensor:
+    def _evaluated(self, t) -> None:
         self.nfe += 1
-        out = self.prior.eps(z, self._ts(t, z), self.alpha)
         if self.report is not None:
             self.report(float(t), self.nfe)
+
+    def eps(self, z: torch.Tensor, t) -> torch.Tensor:
+        out = self.prior.eps(z, self._ts(t, z), self.alpha)
+        self._evaluated(t)
+        return out
+
+    def student_z0(self, z: torch.Tensor, t) -> torch.Tensor:
+        """The distilled student's z0_hat at (z_t, t), one network evaluation."""
+        out = self.student(z, self._ts(t, z))
+        self._evaluated(t)
         return out
 
     def drift(self, t, z: torch.Tensor) -> torch.Tensor:
@@ -355,6 +366,31 @@ def sde(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, step
     return z
 
 
+def distilled(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, steps: int = 1, atol=None,
+              rtol=None, generator=None, observer: Recorder | None = None) -> torch.Tensor:
+    """The model's distilled student (lsgm_core.student) in `steps` evaluations on the log-SNR grid:
+    z0_hat at each time, then a deterministic move to the next along eps_hat."""
+    student = field.student
+    if student is None:
+        raise ValueError("this model has no distilled student: make one with python -m lsgm_core.distill "
+                         "--checkpoint C --out D, then sample from D")
+    if steps not in student.steps:
+        raise ValueError(f"the student was distilled for {', '.join(map(str, student.steps))} steps, not {steps}")
+    prior_sde = field.prior.sde
+    t, _ = time_grid(prior_sde, steps, t_end)
+    for i in range(steps):
+        s = t[i].item()
+        z0_hat = field.student_z0(z, s)
+        sigma, m = field.coef(prior_sde.sigma, s, z), field.coef(prior_sde.mean_coef, s, z)
+        eps = (z - m * z0_hat) / sigma
+        if observer is not None:
+            observer.state(s, z, eps)
+        z = z0_hat if i == steps - 1 else (field.coef(prior_sde.mean_coef, t[i + 1].item(), z) * z0_hat
+                                           + field.coef(prior_sde.sigma, t[i + 1].item(), z) * eps)
+    _report_grid(observer, t, z)
+    return z
+
+
 @dataclass(frozen=True)
 class SolverSpec:
     """A sampler as `sample`, the CLIs, `bench` and the app see it."""
@@ -364,6 +400,8 @@ class SolverSpec:
     default_steps: int | None = None   # for "steps"
     default_tol: float | None = None   # for "tolerance": atol = rtol
     stochastic: bool = False           # draws noise of its own beyond z1 (then batch_size changes samples)
+    takes_alpha: bool = True           # False: the prior's mixing coefficients do not enter it
+    steps_choices: tuple[int, ...] | None = None  # the only step counts it takes (None: any from 1)
 
 
 # Adding a solver: one function with the signature above and one entry here.
@@ -372,6 +410,9 @@ SOLVERS: dict[str, SolverSpec] = {
     "sde": SolverSpec(sde, "steps", "Euler-Maruyama on the reverse SDE", default_steps=1000, stochastic=True),
     "fast": SolverSpec(fast, "steps", "multistep exponential integrator of the probability-flow ODE",
                        default_steps=20),
+    # a student learned the flow at the model's own alpha: an override has nothing to act on
+    "distilled": SolverSpec(distilled, "steps", "the model's distilled student (python -m lsgm_core.distill)",
+                            default_steps=1, takes_alpha=False, steps_choices=STUDENT_STEPS),
 }
 
 
@@ -402,6 +443,9 @@ def solver_options(solver: str, steps: int | None = None, atol: float | None = N
     steps = spec.default_steps if steps is None else steps
     if steps < 1:
         raise ValueError(f"{flag('steps')} must be at least 1, got {steps}")
+    if spec.steps_choices is not None and steps not in spec.steps_choices:
+        raise ValueError(f"{flag('steps')} must be one of {', '.join(map(str, spec.steps_choices))} for the {solver} "
+                         f"solver, got {steps}")
     return {"steps": int(steps)}
 
 
@@ -448,6 +492,9 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
     evaluation; raising from it aborts the sampling.
     """
     options = solver_options(solver, steps, atol, rtol)
+    if alpha is not None and not SOLVERS[solver].takes_alpha:
+        raise ValueError(f"alpha does not apply to the {solver} solver (it learned the flow at the model's own "
+                         "alpha); leave it unset")
     if num <= 0:
         raise ValueError(f"the number of samples must be positive, got {num}")
     if temperature < 0:
@@ -476,7 +523,7 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
             report = lambda t, n, b=b, base=nfe: callback({  # noqa: E731
                 "solver": solver, "t": t, "nfe": base + n, "batch": b, "batches": len(chunks),
                 "done": (b + (1.0 - t) / (1.0 - ODE_EPS)) / len(chunks)})
-        field = ProbabilityFlow(model.prior, alpha, report)
+        field = ProbabilityFlow(model.prior, alpha, report, getattr(model, "student", None))
         recorder = Recorder(record_times, 1.0, ODE_EPS) if record_times is not None else None
         with torch.no_grad():
             outs.append(SOLVERS[solver].fn(field, chunk, t_end=ODE_EPS, generator=generator, observer=recorder,

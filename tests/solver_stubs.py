@@ -4,6 +4,7 @@ from torch import nn
 
 from lsgm_core.prior import ScorePrior
 from lsgm_core.sde import GeometricVPSDE, VPSDE
+from lsgm_core.student import Student
 
 SDES = {"geometric": GeometricVPSDE(), "vpsde": VPSDE()}
 
@@ -30,15 +31,45 @@ class GaussianPrior:
         return self.sde.sigma(t) * z / self.s(t).to(z.dtype) ** 2
 
 
-class Wrap(nn.Module):
-    """The minimum of a model that `sample` needs: a prior and identity "decoding"."""
+class GaussianStudent(nn.Module):
+    """The exact distilled student of GaussianPrior (lsgm_core.student's scheme): on the points that
+    scheme visits, z_t = m_t z0 + sigma_t (z1 - m_1 z0) / sigma_1 with z0 = r z1, r = s_end / s_1, so
+    z_t = k_t z1 and z0 = r z_t / k_t, a linear map the k-step distilled solver must reproduce."""
 
-    def __init__(self, prior):
+    steps = (1, 2, 4)
+
+    def __init__(self, prior, t_end: float):
         super().__init__()
         self.prior = prior
+        self.r = (prior.s(t_end) / prior.s(1.0)).item()
+
+    def forward(self, z, t):
+        sde, t = self.prior.sde, torch.as_tensor(t, dtype=torch.float64).view(-1, 1, 1, 1)
+        m1, s1 = sde.mean_coef(torch.tensor(1.0, dtype=torch.float64)), sde.sigma(torch.tensor(1.0, dtype=torch.float64))
+        k = sde.mean_coef(t) * self.r + sde.sigma(t) * (1.0 - m1 * self.r) / s1
+        return (self.r * z.double() / k).to(z.dtype)
+
+
+class Wrap(nn.Module):
+    """The minimum of a model that `sample` needs: a prior, identity "decoding", and a student for
+    the distilled solver (the others ignore it)."""
+
+    def __init__(self, prior, student=None):
+        super().__init__()
+        self.prior = prior
+        self.student = student
 
     def decode_images(self, z0):
         return z0
+
+
+def random_model(sde: str = "geometric_vpsde") -> Wrap:
+    """random_prior with an untrained distilled student whose output is far from zero too."""
+    prior = random_prior(sde)
+    student = Student.from_config({"sde": {"kind": sde}, "net": {"channels": 8, "ch_mult": [1], "num_res_blocks": 1,
+                                                                 "attention": False}, "sigma_data": 1.0}, prior)
+    nn.init.normal_(student.net.conv_out.weight, std=0.5)
+    return Wrap(prior, student.eval())
 
 
 def random_prior(sde: str = "geometric_vpsde") -> ScorePrior:

@@ -224,7 +224,7 @@ def test_separate_objectives_route_gradients():
     model = build_model(cfg)
     torch.nn.init.normal_(model.prior.net.conv_out.weight, std=0.1)
     out = model.losses(torch.bernoulli(torch.full((4, 1, 32, 32), 0.3)), stage=2)
-    vae, prior = model.vae_parameters(), list(model.prior.parameters())
+    prior = list(model.prior.parameters())
     g_prior = torch.autograd.grad(out["nelbo"], prior, retain_graph=True, allow_unused=True)
     assert all(g is None or not g.any() for g in g_prior)
     g_vae = torch.autograd.grad(out["prior_loss"], model.encoder.parameters(), retain_graph=True, allow_unused=True)

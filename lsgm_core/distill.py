@@ -1,0 +1,159 @@
+"""Distil a model's probability-flow ODE into a student that samples in 1, 2 or 4 network evaluations.
+
+    python -m lsgm_core.distill --checkpoint C --out D [--pairs 20000] [--teacher-steps 40]
+                                [--train-steps 3000] [--batch-size 256] [--lr 2e-4] [--seed 0]
+
+1. Teacher pairs: --pairs draws z1 ~ N(0, I) (seeded) and the ODE's end point z0 of each, by the
+   fast solver with --teacher-steps steps at the model's own alpha.
+2. Regression (lsgm_core.student): at the times of the 4-step log-SNR grid, which holds those of 1
+   and 2 steps, the student sees z_t = m_t z0 + sigma_t eps with eps = (z1 - m_1 z0) / sigma_1:
+   the points its own deterministic moves visit when it is exact. It learns z0 by mean squared
+   error over the active channels, starting from the teacher's U-Net (output layer zeroed).
+3. D: the teacher's checkpoint with the student in it (config "student"; its weights in
+   model.safetensors beside the prior's EMA weights), written atomically. Its metrics: on held-out
+   pairs, the error of 1, 2 and 4 student steps against the teacher, as RMS over z0's spread.
+
+`python -m lsgm_core.sample --checkpoint D --solver distilled --steps 1` then samples with it, as
+do `bench sampling --runs distilled:1` and the app. One JSON line of figures goes to stdout,
+progress to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import derived_meta, load_model, save_checkpoint
+from .cli import report
+from .device import pick_device
+from .ema import EMA
+from .solvers import ODE_EPS, sample, time_grid
+from .student import STEPS, Student
+from .tensors import per_sample, seeded_generator
+
+HELD_OUT = 1000  # pairs kept for the student's error, not trained on
+
+
+def teacher_pairs(model, num: int, steps: int, seed: int = 0, batch_size: int = 1000,
+                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z1, z0): num seeded draws of N(0, I) and the fast solver's end points from them."""
+    z1 = torch.randn((num,) + tuple(model.prior.shape), generator=seeded_generator(seed))
+    batches = -(-num // batch_size)
+    with tqdm(total=batches * steps, desc="teacher ODE", unit="nfe", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        out = sample(model, num, "fast", steps=steps, z1=z1, batch_size=batch_size,
+                     callback=lambda _: bar.update(1))
+    return z1, out.z0.cpu()
+
+
+def regression_inputs(student: Student, z1: torch.Tensor, z0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """z_t = m_t z0 + sigma_t (z1 - m_1 z0) / sigma_1 for per-sample times t [B]."""
+    one = torch.ones_like(t)
+    sde = student.sde
+    eps = (z1 - per_sample(sde.mean_coef(one), z1) * z0) / per_sample(sde.sigma(one), z1)
+    return per_sample(sde.mean_coef(t), z1) * z0 + per_sample(sde.sigma(t), z1) * eps
+
+
+def make_student(model, z0: torch.Tensor) -> Student:
+    """A student of the prior's own U-Net shape on the prior's device, started from its weights with
+    the output layer zeroed; d is the spread of the teacher's z0 over the active channels."""
+    cfg = model.config["model"]["prior"]
+    active = model.prior.active.bool().cpu() if model.prior.mixed else torch.ones(z0.shape[1], dtype=torch.bool)
+    student = Student(model.prior.shape, cfg["sde"], cfg["net"], z0[:, active].std().item())
+    student.net.load_state_dict(model.prior.net.state_dict())
+    torch.nn.init.zeros_(student.net.conv_out.weight)
+    torch.nn.init.zeros_(student.net.conv_out.bias)
+    student.active.copy_(active.float())
+    return student.to(next(model.prior.parameters()).device)
+
+
+def student_error(model, z1: torch.Tensor, z0: torch.Tensor) -> dict[str, float]:
+    """RMS of (student's z0 - teacher's z0) over the active dimensions, over z0's spread there, per step count."""
+    active = model.student.active.bool()
+    spread = z0[:, active].std().item()
+    out = {}
+    for k in STEPS:
+        got = sample(model, len(z1), "distilled", steps=k, z1=z1).z0.cpu()
+        out[str(k)] = round(((got - z0)[:, active].pow(2).mean().sqrt() / spread).item(), 5)
+    return out
+
+
+def distill(student: Student, pairs: tuple[torch.Tensor, torch.Tensor], train_steps: int, batch_size: int = 256,
+            lr: float = 2e-4, ema: float = 0.999, seed: int = 0, progress: bool = False) -> Student:
+    """Train `student` on (z1, z0) pairs, on its device; returns it with its EMA weights, in eval mode."""
+    z1, z0 = pairs
+    device = next(student.parameters()).device
+    averaged = EMA(student, ema)
+    times = time_grid(student.sde, max(STEPS), ODE_EPS)[0][:-1].float()  # 1 and the 4-step grid's inner times
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    gen = seeded_generator(seed)
+    mask = (student.active > 0).float().view(1, -1, *([1] * (z0.dim() - 2)))
+    dims = mask.sum() * z0[0, 0].numel()
+    student.train()
+    with tqdm(range(train_steps), desc="distilling", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+        for step in bar:
+            idx = torch.randint(len(z1), (batch_size,), generator=gen)
+            t = times[torch.randint(len(times), (batch_size,), generator=gen)]
+            a, b, t = z1[idx].to(device), z0[idx].to(device), t.to(device)
+            loss = ((student(regression_inputs(student, a, b, t), t) - b).pow(2) * mask).sum() / (batch_size * dims)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            averaged.update(student, step)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+    averaged.copy_to(student)
+    return student.eval()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lsgm_core.distill", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="the teacher: a checkpoint folder or a run folder")
+    ap.add_argument("--out", required=True, help="the checkpoint folder to write (teacher + student)")
+    ap.add_argument("--pairs", type=int, default=20000, help="teacher ODE pairs, %d of them held out (default 20000)" % HELD_OUT)
+    ap.add_argument("--teacher-steps", type=int, default=40, help="fast-solver steps of the teacher (default 40)")
+    ap.add_argument("--train-steps", type=int, default=3000, help="optimisation steps (default 3000)")
+    ap.add_argument("--batch-size", type=int, default=256, help="pairs per step (default 256)")
+    ap.add_argument("--lr", type=float, default=2e-4, help="Adam's learning rate (default 2e-4)")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the pairs and the batches (default 0)")
+    ap.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    args = ap.parse_args(argv)
+    return report(lambda: run(args))
+
+
+def run(args) -> dict:
+    for name in ("pairs", "teacher_steps", "train_steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.pairs <= HELD_OUT:
+        raise ValueError(f"--pairs must exceed the {HELD_OUT} held-out pairs, got {args.pairs}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    model = load_model(args.checkpoint, pick_device(args.device))
+    start = time.perf_counter()
+    z1, z0 = teacher_pairs(model, args.pairs, args.teacher_steps, args.seed, progress=not args.no_progress)
+    teacher_seconds = time.perf_counter() - start
+    train, held = (z1[HELD_OUT:], z0[HELD_OUT:]), (z1[:HELD_OUT], z0[:HELD_OUT])
+    start = time.perf_counter()
+    model.student = distill(make_student(model, train[1]), train, args.train_steps, args.batch_size, args.lr,
+                            seed=args.seed, progress=not args.no_progress)
+    train_seconds = time.perf_counter() - start
+    figures = {"student_rel_rmse": student_error(model, *held), "pairs": args.pairs,
+               "teacher_steps": args.teacher_steps, "train_steps": args.train_steps,
+               "teacher_seconds": round(teacher_seconds, 1), "train_seconds": round(train_seconds, 1)}
+    config = copy.deepcopy(model.config)
+    config["student"] = {"sde": config["model"]["prior"]["sde"], "net": config["model"]["prior"]["net"],
+                         "sigma_data": model.student.sigma_data.item(), "steps": list(STEPS)}
+    meta = {**derived_meta(model.meta, {"distillation": figures}, "distilled_from"), "ema_folded": True}
+    out = save_checkpoint(args.out, config, {"model": model.state_dict()}, meta)
+    return {"out": str(out), "teacher": model.meta["path"], **figures}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

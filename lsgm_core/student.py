@@ -1,0 +1,57 @@
+"""The distilled sampler: a network that maps a point z_t of the prior's probability-flow ODE to the
+ODE's end point z0 in one evaluation (lsgm_core.distill trains it; the solver `distilled` runs it).
+
+Parameterisation (EDM's preconditioning written for a VP SDE): with z_t = m_t z0 + sigma_t eps,
+x = z_t / m_t = z0 + s eps has noise level s = sigma_t / m_t, and
+
+    z0_hat = c_skip x + c_out F(c_in x, t),  c_skip = d^2 / (s^2 + d^2),  c_out = s d / sqrt(s^2 + d^2),
+    c_in = 1 / sqrt(s^2 + d^2),
+
+d the data's standard deviation. Written in z_t these are finite at t = 1, where m_t is tiny
+(m_1 = 0.0066 for the linear VPSDE): c_in x = z_t / sqrt(sigma^2 + m^2 d^2) and
+c_skip x = m d^2 z_t / (sigma^2 + m^2 d^2). A zero F gives the Gaussian posterior mean, so an
+untrained student already returns the right scale.
+
+k steps run on the fast solver's log-SNR grid of k steps (1 -> t_end): predict z0_hat, then move
+deterministically to the next time along eps_hat = (z_t - m_t z0_hat) / sigma_t, as DDIM does.
+The grids of 1, 2 and 4 steps nest, so one student trained on the 4-step grid's times serves all
+three. Inactive channels (alpha = 0) are the identity map of the ODE and pass through unchanged.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .nets import UNet
+from .sde import make_sde
+from .tensors import per_sample
+
+STEPS = (1, 2, 4)
+
+
+class Student(nn.Module):
+    def __init__(self, shape, sde: dict, net: dict, sigma_data: float, steps=STEPS):
+        super().__init__()
+        self.shape, self.steps = tuple(shape), tuple(int(s) for s in steps)
+        self.sde = make_sde(sde)
+        self.net = UNet(self.shape[0], **net)
+        self.register_buffer("sigma_data", torch.tensor(float(sigma_data)))
+        self.register_buffer("active", torch.ones(self.shape[0]))
+
+    @classmethod
+    def from_config(cls, config: dict, prior) -> "Student":
+        student = cls(prior.shape, config["sde"], config["net"], config["sigma_data"], config.get("steps", STEPS))
+        if getattr(prior, "mixed", False):
+            student.active.copy_(prior.active)
+        return student
+
+    def forward(self, zt: torch.Tensor, t) -> torch.Tensor:
+        """z0_hat of the ODE through (z_t, t); t a number or [B]."""
+        t = torch.as_tensor(t, dtype=zt.dtype, device=zt.device).expand(zt.shape[0])
+        m, sigma = per_sample(self.sde.mean_coef(t), zt), per_sample(self.sde.sigma(t), zt)
+        d2 = self.sigma_data ** 2
+        scale = (sigma ** 2 + m ** 2 * d2).sqrt()
+        c_skip_x = m * d2 * zt / scale ** 2
+        c_out = sigma * self.sigma_data / scale  # s d / sqrt(s^2 + d^2) with s = sigma / m, times m / m
+        z0 = c_skip_x + c_out * self.net(zt / scale, t)
+        return torch.where(self.active.view(1, -1, *([1] * (zt.dim() - 2))) > 0, z0, zt)

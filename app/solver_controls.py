@@ -43,8 +43,15 @@ def default_steps(solver: str) -> int:
     return SOLVERS[solver].default_steps
 
 
+def max_steps(solver: str) -> int:
+    choices = SOLVERS[solver].steps_choices
+    return max(choices) if choices else MAX_STEPS
+
+
 def steps_info(solver: str) -> str:
-    return f"one network evaluation per step; {solver} starts at {default_steps(solver)}"
+    choices = SOLVERS[solver].steps_choices
+    only = f" and takes only {', '.join(map(str, choices))}" if choices else ""
+    return f"one network evaluation per step; {solver} starts at {default_steps(solver)}{only}"
 
 
 def solver_args(solver: str, log_atol, log_rtol, steps) -> dict:
@@ -81,14 +88,15 @@ def solver_controls(tab: str, default_solver: str, default_log_tol: float):
                              info="absolute tolerance 10^x of the adaptive solver: lower is more accurate and slower")
         log_rtol = gr.Slider(LOG_TOL_MIN, LOG_TOL_MAX, value=default_log_tol, step=0.5, label="log10 rtol",
                              visible=tol, info="relative tolerance 10^x")
-        steps = gr.Slider(1, MAX_STEPS, value=default_steps(default_solver), step=1, label="Steps",
+        steps = gr.Slider(1, max_steps(default_solver), value=default_steps(default_solver), step=1, label="Steps",
                           info=steps_info(default_solver), visible=not tol, elem_id=f"{tab}-steps")
 
     def show_relevant(s):
-        """Tolerances for an adaptive solver, a step count (reset to the solver's default) for the others."""
+        """Tolerances for an adaptive solver, a step count (reset to the solver's default, up to the
+        most it takes) for the others."""
         tol = by_tolerance(s)
         return (gr.update(visible=tol), gr.update(visible=tol),
-                gr.update(visible=not tol, value=default_steps(s), info=steps_info(s)))
+                gr.update(visible=not tol, value=default_steps(s), info=steps_info(s), maximum=max_steps(s)))
 
     solver.change(show_relevant, solver, [log_atol, log_rtol, steps], api_visibility="private", queue=False)
     return solver, log_atol, log_rtol, steps
@@ -125,10 +133,16 @@ def alpha_summary(model) -> str:
     return f"{learned}; × 0 = pure N(0, I) prior, × 1 = as trained, above 1 = the learned correction exaggerated"
 
 
-def scaled_alpha(model, scale: float):
+def alpha_applies(model, solver: str) -> bool:
+    """Whether the alpha control means anything: a mixed prior, and a solver that evaluates it (a
+    distilled student learned the flow at the model's own alpha)."""
+    return is_mixed(model) and SOLVERS[solver].takes_alpha
+
+
+def scaled_alpha(model, scale: float, solver: str):
     """The solvers' `alpha` for a multiple of the learned one: None (the learned alpha itself) at 1
-    or where the model has no mixed prior, else scale × the learned alpha per channel."""
-    if scale == 1.0 or not is_mixed(model):
+    or where alpha does not apply, else scale × the learned alpha per channel."""
+    if scale == 1.0 or not alpha_applies(model, solver):
         return None
     return scale * model.prior.alpha().detach()
 
@@ -137,19 +151,24 @@ def checked_alpha_scale(value) -> float:
     return number("alpha scale", value, 0, ALPHA_SCALE_MAX)
 
 
-def alpha_control(tab: str, default: float, ctx, picker: gr.Dropdown, demo: gr.Blocks) -> gr.Slider:
-    """The alpha slider; its help text follows the picked model, and it is fixed at 1 for a model
-    without a mixed prior."""
+def alpha_control(tab: str, default: float, ctx, picker: gr.Dropdown, demo: gr.Blocks,
+                  solver: gr.Radio | None = None) -> gr.Slider:
+    """The alpha slider; its help text follows the picked model, and it is greyed out where alpha does
+    not apply (no mixed prior, or a `solver` choice that does not take it)."""
     alpha = gr.Slider(0, ALPHA_SCALE_MAX, value=default, step=0.05, elem_id=f"{tab}-alpha",
                       label="alpha, as a multiple of the learned alpha", info="0 = pure N(0, I) prior, 1 = as trained")
 
-    def on_model(model_id):
+    def on_change(model_id, solver_name=DEFAULT_SOLVER):
         model = try_load(ctx, model_id)
         if model is None:
             return gr.skip()
-        if is_mixed(model):
+        if alpha_applies(model, solver_name):
             return gr.update(info=alpha_summary(model), interactive=True)
-        return gr.update(info=alpha_summary(model), interactive=False, value=1.0)
+        if not is_mixed(model):
+            return gr.update(info=alpha_summary(model), interactive=False, value=1.0)
+        return gr.update(info=f"the {solver_name} solver learned the flow at the model's own alpha: alpha does "
+                              "not apply", interactive=False)
 
-    gr.on([picker.change, demo.load], on_model, picker, alpha, api_visibility="private")
+    triggers = [picker.change, demo.load] + ([solver.change] if solver is not None else [])
+    gr.on(triggers, on_change, [picker] + ([solver] if solver is not None else []), alpha, api_visibility="private")
     return alpha

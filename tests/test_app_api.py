@@ -6,7 +6,6 @@ and the server must keep serving afterwards.
 import concurrent.futures
 import csv
 import json
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -102,10 +101,11 @@ def test_alpha_control_scales_the_learned_alpha_of_active_channels():
 
     model = load_model(CHECKPOINTS / "lsgm-bmnist")
     learned, active = model.prior.alpha().detach(), model.prior.active > 0
-    assert scaled_alpha(model, 1.0) is None  # exactly the model as trained
-    assert not scaled_alpha(model, 0.0).any()
-    double = scaled_alpha(model, 2.0)
+    assert scaled_alpha(model, 1.0, "fast") is None  # exactly the model as trained
+    assert not scaled_alpha(model, 0.0, "fast").any()
+    double = scaled_alpha(model, 2.0, "fast")
     assert torch.allclose(double, 2 * learned) and not double[~active].any()
+    assert scaled_alpha(model, 2.0, "distilled") is None  # a student learned the flow at the model's own alpha
     summary, shown = alpha_summary(model), learned[active]
     assert f"on {len(shown)} active latent channels of {len(learned)}" in summary
     assert f"{shown.min():.3f}" in summary and f"{shown.max():.3f}" in summary

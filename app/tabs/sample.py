@@ -6,7 +6,7 @@ from lsgm_core import solvers
 
 from ..common import QUICK, Context, integer, user_errors
 from ..images import grid
-from ..solver_controls import (DEFAULT_SOLVER, alpha_control, checked_alpha_scale, checked_temperature,
+from ..solver_controls import (DEFAULT_SOLVER, alpha_applies, alpha_control, checked_alpha_scale, checked_temperature,
                                default_steps, describe_args, is_mixed, progress_callback, scaled_alpha, solver_args,
                                solver_controls, temperature_control)
 
@@ -24,7 +24,7 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
                          info="the same seed gives the same images")
         temperature = temperature_control(DEFAULTS["temperature"])
     solver, log_atol, log_rtol, steps = solver_controls("sample", DEFAULTS["solver"], DEFAULTS["log_atol"])
-    alpha = alpha_control("sample", DEFAULTS["alpha_scale"], ctx, picker, demo)
+    alpha = alpha_control("sample", DEFAULTS["alpha_scale"], ctx, picker, demo, solver)
     with gr.Row():
         go = gr.Button("Sample", variant="primary")
         stop = gr.Button("Stop", variant="stop")
@@ -43,12 +43,13 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         with torch.inference_mode():
             result = solvers.sample(
                 model, n, solver, **kwargs, seed=integer("seed", seed, 0, 2**31 - 1),
-                temperature=checked_temperature(temperature), alpha=scaled_alpha(model, scale),
+                temperature=checked_temperature(temperature), alpha=scaled_alpha(model, scale, solver),
                 callback=progress_callback(progress, ctx.cancellations.checker(request)))
         path = ctx.outputs.png(grid(result.images), "samples")
         text = (f"**{n} samples** · solver **{solver}** ({describe_args(kwargs)}) · **NFE {result.nfe}** · "
                 f"**{result.seconds:.2f} s** · "
-                + (f"alpha {scale:g} × learned" if is_mixed(model) else "no mixed prior"))
+                + (f"alpha {scale:g} × learned" if alpha_applies(model, solver) else
+                   "alpha as learned" if is_mixed(model) else "no mixed prior"))
         return path, path, text
 
     event = go.click(run, [picker, num, seed, temperature, solver, log_atol, log_rtol, steps, alpha],

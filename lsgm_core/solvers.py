@@ -304,6 +304,14 @@ def _report_grid(observer: Recorder | None, t: torch.Tensor, z: torch.Tensor) ->
         observer.step(start, h)
 
 
+def _observed_eps(field: ProbabilityFlow, z: torch.Tensor, s: float, observer: Recorder | None) -> torch.Tensor:
+    """eps_hat at a grid point of a fixed-step solve, the state reported to the observer with it."""
+    eps = field.eps(z, s)
+    if observer is not None:
+        observer.state(s, z, eps)
+    return eps
+
+
 # The solvers. One signature: (field, z1, *, t_end, steps, atol, rtol, generator, observer) -> z(t_end);
 # each reads the options it is set by and ignores the others, which `solver_options` has refused.
 def ode(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, steps=None, atol: float = 1e-5,
@@ -330,9 +338,7 @@ def fast(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, ste
     hist_v: list[torch.Tensor] = []  # the latest v, newest first, for the multistep update
     for i in range(steps):
         s = t[i].item()
-        eps = field.eps(z, s)
-        if observer is not None:
-            observer.state(s, z, eps)
+        eps = _observed_eps(field, z, s, observer)
         sigma, m = field.coef(prior_sde.sigma, s, z), field.coef(prior_sde.mean_coef, s, z)
         v = (a * z - sigma * (eps - (1.0 - a) * (sigma * z))) / m
         hist_v = [v] + hist_v[:FAST_ORDER - 1]
@@ -352,9 +358,7 @@ def sde(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, step
     t, _ = time_grid(prior_sde, steps, t_end)
     for i in range(steps):
         s = t[i].item()
-        eps = field.eps(z, s)
-        if observer is not None:
-            observer.state(s, z, eps)
+        eps = _observed_eps(field, z, s, observer)
         sigma, beta = field.coef(prior_sde.sigma, s, z), field.coef(prior_sde.beta, s, z)
         dt = s - t[i + 1].item()
         z_next = z - dt * (0.5 * beta * z + beta / sigma * (eps - sigma * z))

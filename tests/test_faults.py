@@ -72,6 +72,15 @@ def _killed_child(target: int, save, *args) -> None:
 
 
 @pytest.mark.parametrize("step", [15, 10], ids=["next-step", "same-step-again"])
+def _train_in_process(cfg: dict, out, data_dir) -> dict:
+    """Train `cfg` here, on the CPU; train.num_threads would otherwise stay set for the tests after."""
+    threads = torch.get_num_threads()
+    try:
+        return Trainer(cfg, out, data_dir, device="cpu", show_progress=False).train()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_sigkill_at_every_moment_of_a_save_keeps_a_whole_checkpoint(tiny_checkpoints, tmp_path, monkeypatch, step):
     """A run folder holds step 5 and step 10 (`latest`); a save of `step` is killed at each of its
     moments in turn. 15 is the usual next checkpoint; 10 again is the save of a resumed run stopped
@@ -131,11 +140,7 @@ def test_sigkill_in_training_then_resume_ends_like_an_uninterrupted_run(data_dir
     rng = random.Random(6)
     cfg = _config(train={"stage": 2, "max_steps": 10, "ckpt_every": 3, "log_every": 1, "batch_size": 16,
                          "warmup_steps": 4, "seed": 5, "num_threads": 1})
-    threads = torch.get_num_threads()
-    try:
-        full = Trainer(cfg, tmp_path / "full", data_dir, device="cpu", show_progress=False).train()
-    finally:
-        torch.set_num_threads(threads)
+    full = _train_in_process(cfg, tmp_path / "full", data_dir)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(cfg))
     run = tmp_path / "killed"
@@ -233,14 +238,11 @@ def test_a_full_disk_in_training_stops_the_cli_with_the_folder_named(data_dir, t
     """The training CLI's final save (step 10) meets a full disk: it exits 2 with one error line naming
     the checkpoints folder, and the run's checkpoint is still step 5, the same as a run with space."""
     cfg = _config(train={"max_steps": 10, "ckpt_every": 5, "batch_size": 16, "num_threads": 1})
-    threads = torch.get_num_threads()
-    try:
-        Trainer(cfg, tmp_path / "with-space", data_dir, device="cpu", show_progress=False).train()
-    finally:
-        torch.set_num_threads(threads)
+    _train_in_process(cfg, tmp_path / "with-space", data_dir)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(cfg))
     run = tmp_path / "full"
+    threads = torch.get_num_threads()
     with monkeypatch.context() as m:
         _fill_disk_at(m, lambda name, folder: folder.startswith(".step-00000010."))
         try:

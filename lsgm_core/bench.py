@@ -27,7 +27,8 @@ For an LSGM it also gives the floor of those FIDs, the FID of decoded posterior 
 training images (lsgm_core.quality), and each run's `fid_ratio` to it.
 
 The app's own benchmark (cold start, a Sample click, a latent map) lives with the app:
-`python -m app.bench` (app/bench.py), so that lsgm_core never imports the app.
+`python -m app.bench` (app/bench.py), so that lsgm_core never imports the app;
+`python -m lsgm_core.bench app [...]` runs that program with the same arguments.
 
 Adding a subcommand (`sampling`, ...): write `add_<name>_args(parser)` and
 `bench_<name>(args) -> dict`, and register them in COMMANDS. `main` builds the parser, runs the
@@ -40,6 +41,7 @@ import argparse
 import json
 import resource
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -270,9 +272,13 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["app"]:
+        # the app's benchmark, run as its own program: lsgm_core launches the app, never imports it
+        return subprocess.call([sys.executable, "-m", "app.bench", *argv[1:]])
     ap = argparse.ArgumentParser(prog="python -m lsgm_core.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join([*COMMANDS, "app"]) + "}")
     for name, (add_args, run) in COMMANDS.items():
         p = sub.add_parser(name, help=(run.__doc__ or "").strip().split("\n")[0] or None)
         add_args(p)

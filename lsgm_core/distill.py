@@ -1,7 +1,7 @@
 """Distil a model's probability-flow ODE into a student that samples in 1, 2 or 4 network evaluations.
 
     python -m lsgm_core.distill --checkpoint C --out D [--pairs 20000] [--teacher-steps 40]
-                                [--train-steps 3000] [--batch-size 256] [--lr 2e-4] [--seed 0]
+                                [--train-steps 3000] [--batch-size 256] [--channels N] [--lr 2e-4] [--seed 0]
 
 1. Teacher pairs: --pairs draws z1 ~ N(0, I) (seeded) and the ODE's end point z0 of each, by the
    fast solver with --teacher-steps steps at the model's own alpha.
@@ -58,15 +58,18 @@ def regression_inputs(student: Student, z1: torch.Tensor, z0: torch.Tensor, t: t
     return per_sample(sde.mean_coef(t), z1) * z0 + per_sample(sde.sigma(t), z1) * eps
 
 
-def make_student(model, z0: torch.Tensor) -> Student:
-    """A student of the prior's own U-Net shape on the prior's device, started from its weights with
-    the output layer zeroed; d is the spread of the teacher's z0 over the active channels."""
+def make_student(model, z0: torch.Tensor, channels: int | None = None) -> Student:
+    """A student on the prior's device with the prior's U-Net (`channels` wide, default the prior's
+    width); at the prior's width it starts from the prior's weights with the output layer zeroed.
+    d is the spread of the teacher's z0 over the active channels."""
     cfg = model.config["model"]["prior"]
+    net = {**cfg["net"], "channels": channels or cfg["net"]["channels"]}
     active = model.prior.active.bool().cpu() if model.prior.mixed else torch.ones(z0.shape[1], dtype=torch.bool)
-    student = Student(model.prior.shape, cfg["sde"], cfg["net"], z0[:, active].std().item())
-    student.net.load_state_dict(model.prior.net.state_dict())
-    torch.nn.init.zeros_(student.net.conv_out.weight)
-    torch.nn.init.zeros_(student.net.conv_out.bias)
+    student = Student(model.prior.shape, cfg["sde"], net, z0[:, active].std().item())
+    if net == cfg["net"]:
+        student.net.load_state_dict(model.prior.net.state_dict())
+        torch.nn.init.zeros_(student.net.conv_out.weight)
+        torch.nn.init.zeros_(student.net.conv_out.bias)
     student.active.copy_(active.float())
     return student.to(next(model.prior.parameters()).device)
 
@@ -119,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-steps", type=int, default=40, help="fast-solver steps of the teacher (default 40)")
     ap.add_argument("--train-steps", type=int, default=3000, help="optimisation steps (default 3000)")
     ap.add_argument("--batch-size", type=int, default=256, help="pairs per step (default 256)")
+    ap.add_argument("--channels", type=int, help="the student U-Net's base width (default: the prior's, whose "
+                    "weights it then starts from; narrower samples faster and ships smaller)")
     ap.add_argument("--lr", type=float, default=2e-4, help="Adam's learning rate (default 2e-4)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the pairs and the batches (default 0)")
     ap.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -128,6 +133,9 @@ def main(argv=None) -> int:
 
 
 def run(args) -> dict:
+    if args.channels is not None and (args.channels < 8 or args.channels % 8):
+        raise ValueError(f"--channels must be a positive multiple of 8 (the U-Net's group norms divide it), "
+                         f"got {args.channels}")
     for name in ("pairs", "teacher_steps", "train_steps", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -141,14 +149,15 @@ def run(args) -> dict:
     teacher_seconds = time.perf_counter() - start
     train, held = (z1[HELD_OUT:], z0[HELD_OUT:]), (z1[:HELD_OUT], z0[:HELD_OUT])
     start = time.perf_counter()
-    model.student = distill(make_student(model, train[1]), train, args.train_steps, args.batch_size, args.lr,
+    model.student = distill(make_student(model, train[1], args.channels), train, args.train_steps, args.batch_size, args.lr,
                             seed=args.seed, progress=not args.no_progress)
     train_seconds = time.perf_counter() - start
     figures = {"student_rel_rmse": student_error(model, *held), "pairs": args.pairs,
                "teacher_steps": args.teacher_steps, "train_steps": args.train_steps,
                "teacher_seconds": round(teacher_seconds, 1), "train_seconds": round(train_seconds, 1)}
     config = copy.deepcopy(model.config)
-    config["student"] = {"sde": config["model"]["prior"]["sde"], "net": config["model"]["prior"]["net"],
+    config["student"] = {"sde": config["model"]["prior"]["sde"],
+                         "net": {**config["model"]["prior"]["net"], "channels": model.student.net.temb_ch},
                          "sigma_data": model.student.sigma_data.item(), "steps": list(STEPS)}
     meta = {**derived_meta(model.meta, {"distillation": figures}, "distilled_from"), "ema_folded": True}
     out = save_checkpoint(args.out, config, {"model": model.state_dict()}, meta)

@@ -49,6 +49,15 @@ def distilled(tiny_checkpoints, tmp_path_factory):
     return out
 
 
+def test_a_narrower_student_starts_afresh_and_loads_back(tiny_checkpoints, tmp_path, capsys):
+    code = distill.main([str(a) for a in ["--checkpoint", tiny_checkpoints["stage2"], "--out", tmp_path / "narrow",
+                                          "--pairs", 1050, "--teacher-steps", 2, "--train-steps", 2, "--channels", 8,
+                                          "--batch-size", 8, "--device", "cpu", "--no-progress"]])
+    assert code == 0
+    student = load_model(tmp_path / "narrow").student
+    assert student.net.temb_ch == 8 and draw(load_model(tmp_path / "narrow"), 2, "distilled", steps=4).nfe == 4
+
+
 def test_distill_cli_writes_a_checkpoint_with_the_teacher_and_its_student(distilled, tiny_checkpoints):
     model, teacher = load_model(distilled), load_model(tiny_checkpoints["stage2"])
     assert isinstance(model.student, Student) and teacher.student is None
@@ -80,7 +89,7 @@ def test_the_sample_cli_and_bench_take_the_distilled_solver(distilled, tiny_chec
 
 
 @pytest.mark.parametrize("argv,message", [(["--pairs", 1000], "exceed"), (["--train-steps", 0], "at least 1"),
-                                          (["--lr", 0], "positive")])
+                                          (["--lr", 0], "positive"), (["--channels", 12], "multiple of 8")])
 def test_distill_refuses_bad_arguments(tiny_checkpoints, tmp_path, capsys, argv, message):
     code = distill.main([str(a) for a in ["--checkpoint", tiny_checkpoints["stage2"], "--out", tmp_path / "x",
                                           "--no-progress", *argv]])

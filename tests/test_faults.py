@@ -71,7 +71,6 @@ def _killed_child(target: int, save, *args) -> None:
         f"the save was not killed at moment {target} (exit status {status})"
 
 
-@pytest.mark.parametrize("step", [15, 10], ids=["next-step", "same-step-again"])
 def _train_in_process(cfg: dict, out, data_dir) -> dict:
     """Train `cfg` here, on the CPU; train.num_threads would otherwise stay set for the tests after."""
     threads = torch.get_num_threads()
@@ -81,6 +80,7 @@ def _train_in_process(cfg: dict, out, data_dir) -> dict:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("step", [15, 10], ids=["next-step", "same-step-again"])
 def test_sigkill_at_every_moment_of_a_save_keeps_a_whole_checkpoint(tiny_checkpoints, tmp_path, monkeypatch, step):
     """A run folder holds step 5 and step 10 (`latest`); a save of `step` is killed at each of its
     moments in turn. 15 is the usual next checkpoint; 10 again is the save of a resumed run stopped

@@ -92,6 +92,14 @@ def test_sample_tab(page):
     page.wait_for_selector("#sample-stats :text('NFE')")
     assert "16 samples" in page.inner_text("#sample-stats")
     shot(page, "sample")
+    # the distilled student takes 1, 2 or 4 steps and no alpha: the controls say so
+    solver = page.locator("#sample-solver")
+    solver.get_by_label(SOLVER_LABELS["distilled"]).check()
+    page.wait_for_selector("#sample-alpha :text('alpha does not apply')")
+    page.wait_for_selector("#sample-alpha input[type=number]:disabled")
+    assert page.locator("#sample-steps input[type=number]").get_attribute("max") == "4"
+    solver.get_by_label(SOLVER_LABELS["fast"]).check()
+    page.wait_for_selector("#sample-alpha input[type=number]:enabled")
 
 
 def test_stop_ends_a_long_sampling_run(page, app_server):

@@ -236,6 +236,7 @@ def test_interpolate_refuses_server_paths_that_were_not_uploaded(app_server):
     assert "root:" not in stream  # nothing of the file came back
 
 
+@pytest.mark.slow
 def test_latent_map_small(client):
     start = time.perf_counter()
     fig, stats, csv_path = client.predict(MODEL, "mnist", 200, 20, 0, api_name="/latent_map")
@@ -318,6 +319,7 @@ def memory_mib(pid: int) -> dict[str, float]:
     return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_clients_are_all_served(app_server):
     """All 20 served, in bounded memory: the queue runs two samples at a time whatever the number of
     clients, so the server's peak RSS grows by under 100 MiB (measured: 8 MiB, from about 890 MiB)."""

@@ -13,6 +13,7 @@ from lsgm_core.student import STEPS, Student
 torch.set_num_threads(1)
 
 
+@pytest.mark.slow
 def test_the_student_learns_the_gaussian_flow_in_one_two_and_four_steps():
     """Data N(0, 0.3^2 I): the teacher's map is z0 = z1 s_end / s_1 (solver_stubs). An untrained
     student returns about 0 from z1 (its Gaussian posterior mean at m_1 = 0.0066); trained on 4,000

@@ -128,6 +128,7 @@ def _cli(run: Path, config: Path, data_dir, kill: str | None = None) -> subproce
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_sigkill_in_training_then_resume_ends_like_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
     """Stage 2 (VAE, prior, EMA, two optimisers), 10 steps, a checkpoint every 3. One run goes
     through; the other is SIGKILLed twice by the CLI's own process: inside a checkpoint save (its 2nd

@@ -79,6 +79,7 @@ def test_latent_cache_holds_the_encoders_posteriors(tiny_checkpoints, data_dir):
         LatentCache.encode(model, small, encodings=0)
 
 
+@pytest.mark.slow
 def test_prior_stage_trains_the_prior_alone_and_logs_the_gap(tiny_checkpoints, data_dir, tmp_path):
     """The VAE's weights stay those of init_from, the prior moves, the EMA prior starts from
     init_from's; train.eval_fid logs the FID, its posterior floor and their ratio."""
@@ -101,6 +102,7 @@ def test_prior_stage_trains_the_prior_alone_and_logs_the_gap(tiny_checkpoints, d
         evals[0]["test_fid"] / evals[0]["posterior_fid"], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_prior_stage_can_start_a_new_prior(tiny_checkpoints, data_dir, tmp_path):
     """train.init_prior = false builds the config's own prior (here another SDE), zero at the start
     (N(0, I)), with the inactive channels found from the KL as stage 2 finds them."""
@@ -137,6 +139,7 @@ def test_prior_stage_refuses_bad_configs(tiny_checkpoints, data_dir, tmp_path, t
         Trainer(cfg, tmp_path / "bad", data_dir, device="cpu", show_progress=False)
 
 
+@pytest.mark.slow
 def test_prior_stage_resume_continues_exactly(tiny_checkpoints, data_dir, tmp_path):
     """20 steps in one go against 10 stopped by SIGTERM and 10 more with --resume: the same loss
     curve and weights, bit for bit (the latent cache is encoded again, from the same seeds)."""

@@ -57,6 +57,7 @@ def test_posterior_reconstructions_do_not_depend_on_the_batch_size(default_model
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_posterior_floor_is_unpaired(default_model, data_dir):
     """Reconstructions of the reference's own images (paired) score far below those of training
     images (the floor): the pairing, not the decoder, makes the paired figure small."""

@@ -62,6 +62,7 @@ def test_likelihood_model_nelbo_regression(data_dir):
     assert abs(value - BOUND_500) < MARGIN, (LIKELIHOOD_MODEL, value)
 
 
+@pytest.mark.slow
 def test_default_model_fid_ratio_regression(data_dir):
     model = load_model(CHECKPOINTS / DEFAULT)
     images = sample(model, 1000, "fast", seed=0, batch_size=500).images

@@ -240,6 +240,7 @@ def test_stage2_init_detects_inactive_channels(tiny_checkpoints, data_dir, tmp_p
     assert tensors["model"]["prior.active"].tolist() == [0.0 if c in expected else 1.0 for c in range(len(kl))]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_ends_with_identical_parameters(data_dir, tmp_path):
     """torchrun --nproc_per_node 2 (gloo, CPU) on the training CLI, stage 2 (VAE, prior, EMA)."""
     out = tmp_path / "ddp"

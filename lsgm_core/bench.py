@@ -80,11 +80,12 @@ def _peak_memory_mib(device: torch.device) -> dict:
 def write_synthetic_idx(dataset: str, data_dir: Path, n: int, side: int = 28, seed: int = 0) -> None:
     """Random uint8 images and labels of `dataset`'s shape, under its official file names (train and
     test, as its registry entry names them) in its folder of `data_dir`."""
-    files = dataset_spec(dataset).files
+    spec = dataset_spec(dataset)
+    files = spec.files
     gen = seeded_generator(seed)
     folder = data_dir / files.folder
     folder.mkdir(parents=True, exist_ok=True)
-    classes = len(dataset_spec(dataset).class_names)
+    classes = len(spec.class_names)
     for split in SPLITS:
         image_file, label_file = files.splits[split]
         images = torch.randint(0, 256, (n, side, side), generator=gen, dtype=torch.uint8)

@@ -33,7 +33,7 @@ from .device import pick_device
 from .ema import EMA
 from .solvers import ODE_EPS, sample, time_grid
 from .student import STEPS, Student
-from .tensors import per_sample, seeded_generator
+from .tensors import per_channel, per_sample, seeded_generator
 
 HELD_OUT = 1000  # pairs kept for the student's error, not trained on
 
@@ -94,7 +94,7 @@ def distill(student: Student, pairs: tuple[torch.Tensor, torch.Tensor], train_st
     times = time_grid(student.sde, max(STEPS), ODE_EPS)[0][:-1].float()  # 1 and the 4-step grid's inner times
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     gen = seeded_generator(seed)
-    mask = (student.active > 0).float().view(1, -1, *([1] * (z0.dim() - 2)))
+    mask = per_channel((student.active > 0).float(), z0)
     dims = mask.sum() * z0[0, 0].numel()
     student.train()
     with tqdm(range(train_steps), desc="distilling", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:

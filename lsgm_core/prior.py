@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 from .nets import UNet
 from .sde import make_sde
-from .tensors import LOG_2PI, per_sample
+from .tensors import LOG_2PI, per_channel, per_sample
 
 
 def noise_like(x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ class ScorePrior(nn.Module):
         # eps_theta = sigma_t z_t + net(z_t, t): the U-Net learns the residual from the Gaussian's
         # noise prediction, so a zero-initialised net is exactly N(0, I) at any alpha, and
         # (1 - alpha) sigma z + alpha eps_theta reduces to sigma z + alpha net
-        return gaussian + a.view(1, -1, 1, 1) * self.net(zt, t)
+        return gaussian + per_channel(a, zt) * self.net(zt, t)
 
     def forward(self, zt, t, alpha=None):
         return self.eps(zt, t, alpha)

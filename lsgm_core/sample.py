@@ -20,7 +20,7 @@ from . import atomic
 from .checkpoint import load_model
 from .cli import report
 from .device import pick_device
-from .solvers import SOLVERS, sample, solver_options
+from .solvers import SOLVERS, sample, solver_options, solvers_set_by
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -31,14 +31,14 @@ def images_to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def add_solver_args(ap: argparse.ArgumentParser) -> None:
     """--solver and the options of every solver in the registry (lsgm_core.solvers.SOLVERS)."""
-    by = lambda kind: [n for n, s in SOLVERS.items() if s.controlled_by == kind]  # noqa: E731
     ap.add_argument("--solver", default="fast", choices=list(SOLVERS),
                     help="; ".join(f"{n}: {s.label}" for n, s in SOLVERS.items()) + " (default fast)")
-    tol = ", ".join(f"{SOLVERS[n].default_tol:g} for {n}" for n in by("tolerance"))
-    ap.add_argument("--atol", type=float, help=f"{', '.join(by('tolerance'))} only: absolute tolerance (default {tol})")
-    ap.add_argument("--rtol", type=float, help=f"{', '.join(by('tolerance'))} only: relative tolerance (default {tol})")
-    steps = ", ".join(f"{SOLVERS[n].default_steps} for {n}" for n in by("steps"))
-    ap.add_argument("--steps", type=int, help=f"{', '.join(by('steps'))} only: number of steps (default {steps})")
+    by_tol, by_steps = solvers_set_by("tolerance"), solvers_set_by("steps")
+    tol = ", ".join(f"{SOLVERS[n].default_tol:g} for {n}" for n in by_tol)
+    ap.add_argument("--atol", type=float, help=f"{', '.join(by_tol)} only: absolute tolerance (default {tol})")
+    ap.add_argument("--rtol", type=float, help=f"{', '.join(by_tol)} only: relative tolerance (default {tol})")
+    steps = ", ".join(f"{SOLVERS[n].default_steps} for {n}" for n in by_steps)
+    ap.add_argument("--steps", type=int, help=f"{', '.join(by_steps)} only: number of steps (default {steps})")
 
 
 def solver_kwargs(args) -> dict:

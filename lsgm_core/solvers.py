@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torchdiffeq import odeint
 
 from .student import STEPS as STUDENT_STEPS
-from .tensors import per_sample, seeded_generator
+from .tensors import per_channel, per_sample, seeded_generator
 
 ODE_EPS = 1e-5
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's, for ode_solve
@@ -327,9 +327,8 @@ def fast(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, ste
     prior = field.prior
     prior_sde = prior.sde
     t, lam = time_grid(prior_sde, steps, t_end)
-    view = (1, -1) + (1,) * (z.dim() - 2)
     alpha = prior.alpha(field.alpha).detach().to(torch.float64).cpu()
-    a = alpha.to(z).view(view)
+    a = per_channel(alpha.to(z), z)
     # every step's weights depend on the grid and alpha alone: all of them in one call. Step i's
     # nodes are lambda_i, lambda_i-1, ...; the first steps pad theirs with lambda_0 and use only
     # the nodes and weights their history has
@@ -342,9 +341,9 @@ def fast(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, ste
         sigma, m = field.coef(prior_sde.sigma, s, z), field.coef(prior_sde.mean_coef, s, z)
         v = (a * z - sigma * (eps - (1.0 - a) * (sigma * z))) / m
         hist_v = [v] + hist_v[:FAST_ORDER - 1]
-        z_next = phis[i].view(view) * z
+        z_next = per_channel(phis[i], z) * z
         for w_k, d_k in zip(ws[i], _newton_differences(nodes[i, :len(hist_v)].tolist(), hist_v)):
-            z_next = z_next + w_k.view(view) * d_k
+            z_next = z_next + per_channel(w_k, z) * d_k
         z = z_next
     _report_grid(observer, t, z)
     return z
@@ -420,6 +419,11 @@ SOLVERS: dict[str, SolverSpec] = {
 }
 
 
+def solvers_set_by(kind: str) -> list[str]:
+    """The registered solvers set by "steps" or by "tolerance", in registry order."""
+    return [name for name, spec in SOLVERS.items() if spec.controlled_by == kind]
+
+
 def solver_options(solver: str, steps: int | None = None, atol: float | None = None, rtol: float | None = None,
                    flag: Callable[[str], str] = str) -> dict:
     """The checked options of `solver`, defaults filled in: {"steps": N} or {"atol": a, "rtol": r}.
@@ -430,11 +434,9 @@ def solver_options(solver: str, steps: int | None = None, atol: float | None = N
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     spec = SOLVERS[solver]
-    by_steps = [n for n, s in SOLVERS.items() if s.controlled_by == "steps"]
-    by_tol = [n for n, s in SOLVERS.items() if s.controlled_by == "tolerance"]
     if spec.controlled_by == "tolerance":
         if steps is not None:
-            raise ValueError(f"{flag('steps')} applies to the {', '.join(by_steps)} solvers; the {solver} solver "
+            raise ValueError(f"{flag('steps')} applies to the {', '.join(solvers_set_by('steps'))} solvers; the {solver} solver "
                              f"is set by {flag('atol')} and {flag('rtol')}")
         options = {"atol": spec.default_tol if atol is None else atol, "rtol": spec.default_tol if rtol is None else rtol}
         for name, value in options.items():
@@ -442,7 +444,7 @@ def solver_options(solver: str, steps: int | None = None, atol: float | None = N
                 raise ValueError(f"{flag(name)} must be positive, got {value}")
         return options
     if atol is not None or rtol is not None:
-        raise ValueError(f"{flag('atol')} and {flag('rtol')} apply to the {', '.join(by_tol)} solvers; "
+        raise ValueError(f"{flag('atol')} and {flag('rtol')} apply to the {', '.join(solvers_set_by('tolerance'))} solvers; "
                          f"the {solver} solver takes {flag('steps')}")
     steps = spec.default_steps if steps is None else steps
     if steps < 1:
@@ -506,7 +508,7 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
     if batch_size is not None and batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if record_times is not None:
-        Recorder(record_times, 1.0, ODE_EPS)  # refuses bad times before any work
+        _record_grid(record_times, 1.0, ODE_EPS)  # refuses bad times before any work
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device)
     shape = tuple(model.prior.shape)

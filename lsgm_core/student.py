@@ -24,7 +24,7 @@ from torch import nn
 
 from .nets import UNet
 from .sde import make_sde
-from .tensors import per_sample
+from .tensors import per_channel, per_sample
 
 STEPS = (1, 2, 4)
 
@@ -54,4 +54,4 @@ class Student(nn.Module):
         c_skip_x = m * d2 * zt / scale ** 2
         c_out = sigma * self.sigma_data / scale  # s d / sqrt(s^2 + d^2) with s = sigma / m, times m / m
         z0 = c_skip_x + c_out * self.net(zt / scale, t)
-        return torch.where(self.active.view(1, -1, *([1] * (zt.dim() - 2))) > 0, z0, zt)
+        return torch.where(per_channel(self.active, zt) > 0, z0, zt)

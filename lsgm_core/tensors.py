@@ -32,3 +32,8 @@ def kl_standard_normal(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tenso
 def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[B] values shaped [B, 1, ..., 1] to broadcast over a batch `like` [B, ...]."""
     return values.view((-1,) + (1,) * (like.dim() - 1))
+
+
+def per_channel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[C] values shaped [1, C, 1, ..., 1] to broadcast over a batch `like` [B, C, ...]."""
+    return values.view((1, -1) + (1,) * (like.dim() - 2))

@@ -31,6 +31,16 @@ class UploadError(ValueError):
     """An upload the app cannot use; the message says why and what is accepted."""
 
 
+def source_notes(header: Image.Image, side: int) -> list[str]:
+    """What reading an opened image as a `side`-pixel square of 8-bit grey or RGB does to it."""
+    notes = []
+    if header.mode in _MODE_NOTES or "transparency" in header.info:
+        notes.append(f"{header.mode} {_MODE_NOTES.get(header.mode, 'transparency composited on white')}")
+    if header.size != (side, side):
+        notes.append(f"{header.size[0]}x{header.size[1]} center-cropped and resized to {side}x{side}")
+    return notes
+
+
 def model_input(path: str | os.PathLike, model) -> tuple[torch.Tensor, list[str]]:
     """An uploaded file as the model's input [1, C, S, S] in [0, 1], and notes on what was converted.
 
@@ -51,13 +61,8 @@ def model_input(path: str | os.PathLike, model) -> tuple[torch.Tensor, list[str]
         im, grey = read_image(path, inner)
     except DataError as e:
         raise UploadError(f"{name}: {e}. Accepted: {UPLOAD_RULES}.") from None
-    notes = []
     with Image.open(path) as header:  # already known to be a readable image
-        mode, (w, h) = header.mode, header.size
-        if mode in _MODE_NOTES or "transparency" in header.info:
-            notes.append(f"{mode} {_MODE_NOTES.get(mode, 'transparency composited on white')}")
-    if (w, h) != (inner, inner):
-        notes.append(f"{w}x{h} center-cropped and resized to {inner}x{inner}")
+        notes = source_notes(header, inner)
     if model.in_channels == 1 and not grey:
         notes.append("colour converted to grey")
     x = np.asarray(im.convert("L" if model.in_channels == 1 else "RGB"), dtype=np.float32) / 255.0

@@ -1,4 +1,5 @@
-"""Data sets: IDX files (MNIST, Fashion-MNIST), dynamic binarisation, folders of images.
+"""Data sets: IDX files (MNIST, Fashion-MNIST), CIFAR's binary batches, MATLAB files of images
+(OMNIGLOT), dynamic binarisation, folders of images.
 
 Everything a data set needs is loaded into memory once, as a uint8 tensor; parsed files are
 cached per process (keyed by path, mtime and size), so a second ``load_dataset`` call is cheap.
@@ -6,9 +7,10 @@ cached per process (keyed by path, mtime and size), so a second ``load_dataset``
 Where the files live: ``resolve_data_dir`` picks the argument, else ``$LSGM_DATA_DIR``, else
 ``DEFAULT_DATA_DIR`` (``$XDG_CACHE_HOME/lsgm/data``, by default ``~/.cache/lsgm/data``).
 Each registered data set (``lsgm_core.datasets``) is read from ``<data_dir>/<its folder>/``
-(``mnist/``, ``fashion-mnist/``), under the official file names, gzip-compressed or not. Missing
-files are downloaded from the official mirrors and checked against the MD5 sums of the
-decompressed data.
+(``mnist/``, ``fashion-mnist/``, ``cifar10/``, ``omniglot/``), under the official file names (IDX
+files gzip-compressed or not; CIFAR-10's ``cifar-10-batches-bin/`` or the ``cifar-10-binary.tar.gz``
+it ships in; OMNIGLOT's ``chardata.mat``). Missing files are downloaded from the official addresses
+and checked against their published MD5 sums (of the decompressed data for IDX files).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import http.client
 import math
 import os
 import struct
+import tarfile
 import urllib.error
 import urllib.request
 import warnings
@@ -28,10 +31,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+import scipy.io
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic import write_bytes
-from .datasets import DATASETS, SPLITS, DatasetSpec, IdxFiles
+from .datasets import DATASETS, SPLITS, CifarBinary, DatasetSpec, IdxFiles, MatImages, Published
 
 __all__ = [
     "DATASETS",
@@ -42,7 +46,9 @@ __all__ = [
     "dataset_spec",
     "download_dataset",
     "load_dataset",
+    "read_cifar_batch",
     "read_idx",
+    "read_mat_images",
     "read_image",
     "resolve_data_dir",
     "verify_data_dir",
@@ -179,6 +185,25 @@ def _find_file(folder: Path, base: str) -> Path | None:
     return None
 
 
+def _check_labels(labels: np.ndarray, path: Path, spec: DatasetSpec) -> None:
+    if labels.size and labels.max() >= len(spec.class_names):
+        raise DataError(f"{path} has label {labels.max()}; the labels of {spec.files.title} are "
+                        f"0..{len(spec.class_names) - 1}.")
+
+
+def _padded(images: np.ndarray, labels: np.ndarray, image_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Square uint8 images [N, C, S, S] padded with zeros to ``image_size``, the labels as int64, the padding."""
+    side = images.shape[-1]
+    if image_size < side or (image_size - side) % 2:
+        raise DataError(
+            f"image_size={image_size} does not fit {side}x{side} images: it must be {side} plus an even padding"
+            f"{' (32 is standard)' if side < 32 else ''}."
+        )
+    pad = (image_size - side) // 2
+    padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    return torch.from_numpy(padded), torch.from_numpy(labels.astype(np.int64)), pad
+
+
 def _load_idx_split(images_path: Path, labels_path: Path, image_size: int,
                     spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Images padded with zeros to ``image_size`` ([N, 1, S, S] uint8), labels (int64), padding."""
@@ -196,17 +221,8 @@ def _load_idx_split(images_path: Path, labels_path: Path, image_size: int,
                 f"{labels_path} should hold {len(images)} uint8 labels (one per image in {images_path.name}) "
                 f"but holds {labels.dtype.name} {list(labels.shape)}; the two files do not belong together."
             )
-        if labels.size and labels.max() >= num_classes:
-            raise DataError(f"{labels_path} has label {labels.max()}; the labels of {spec.files.title} are "
-                            f"0..{num_classes - 1}.")
-        side = images.shape[1]
-        if image_size < side or (image_size - side) % 2:
-            raise DataError(
-                f"image_size={image_size} does not fit {side}x{side} images: it must be {side} plus an even padding (32 is standard)."
-            )
-        pad = (image_size - side) // 2
-        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))[:, None]
-        return torch.from_numpy(padded), torch.from_numpy(labels.astype(np.int64)), pad
+        _check_labels(labels, labels_path, spec)
+        return _padded(images[:, None], labels, image_size)
 
     key = ("idx", str(images_path.resolve()), str(labels_path.resolve()), image_size, num_classes)
     stamp = (_file_stamp(images_path), _file_stamp(labels_path))
@@ -326,15 +342,26 @@ def _fetch_verified(files: IdxFiles, base: str, unreachable: set[str]) -> bytes:
 def download_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Download the official files of ``name`` that are missing from its folder; return the folder.
 
-    Files already there are left alone. Each download is checked against the MD5 of the
-    decompressed data and written atomically. Without network, or on a checksum mismatch,
-    raises ``DataError`` saying which files to put in which folder and where to get them.
+    Files already there are left alone. Each download is checked against its published MD5 (of
+    the decompressed data for IDX files) and written atomically; CIFAR's archive is then
+    extracted (its batch files alone). Without network, or on a checksum mismatch, raises
+    ``DataError`` saying which files to put in which folder and where to get them.
     """
     files = dataset_spec(name).files
     folder = resolve_data_dir(data_dir) / files.folder
+    if isinstance(files, CifarBinary):
+        _cifar_batches(files, folder, download=True)
+    elif isinstance(files, MatImages):
+        _published_file(files, files.file, folder, True, files.file.name)
+    else:
+        _download_idx(files, folder)
+    return folder
+
+
+def _download_idx(files: IdxFiles, folder: Path) -> None:
     missing = [base for base in files.md5 if _find_file(folder, base) is None]
     if not missing:
-        return folder
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -356,7 +383,6 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Pa
             f"{files.title} is not in {folder} and could not be downloaded:\n{report}\n"
             + _howto(files, folder, list(failures))
         )
-    return folder
 
 
 def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict[str, str]:
@@ -370,6 +396,9 @@ def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict[str, str]
     # data sets that read the same files (MNIST and its binarised form) check them once
     collections = {spec.files.folder: spec.files for spec in DATASETS.values()}
     for sub, files in collections.items():
+        if not isinstance(files, IdxFiles):
+            report.update(_verify_published(files, root / sub))
+            continue
         for base, expected in files.md5.items():
             path = _find_file(root / sub, base)
             if path is None:
@@ -382,6 +411,224 @@ def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict[str, str]
                     status = str(e)
             report[f"{sub}/{base}"] = status
     return report
+
+
+def _verify_published(files: CifarBinary | MatImages, folder: Path) -> dict[str, str]:
+    """The published file against its MD5; CIFAR batches extracted without their archive, which have
+    no published sums, by their record structure."""
+    source = files.archive if isinstance(files, CifarBinary) else files.file
+    path = folder / source.name
+    if isinstance(files, CifarBinary) and not path.is_file() and (folder / files.member_dir).is_dir():
+        report = {}
+        for name in (n for split in SPLITS for n in files.splits[split]):
+            batch = folder / files.member_dir / name
+            try:
+                status = "ok" if batch.is_file() and read_cifar_batch(batch, files.shape) else "missing"
+            except DataError as e:
+                status = str(e)
+            report[f"{files.folder}/{files.member_dir}/{name}"] = status
+        return report
+    if not path.is_file():
+        return {f"{files.folder}/{source.name}": "missing"}
+    md5 = _file_md5(path)
+    return {f"{files.folder}/{source.name}": "ok" if md5 == source.md5 else
+            f"{path.name}: MD5 {md5}, expected {source.md5}; replace it with the official file"}
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- published files: CIFAR, OMNIGLOT
+
+
+def _published_howto(files: CifarBinary | MatImages, folder: Path, source: Published, what: str) -> str:
+    return (
+        f"Put {what} in {folder}{os.sep}.\n"
+        f"Get {source.name} from {source.url} (MD5 {source.md5}).\n"
+        f"Or set LSGM_DATA_DIR (or pass data_dir) to a folder whose {files.folder}{os.sep} subfolder holds it."
+    )
+
+
+def _fetch_published(source: Published, path: Path) -> None:
+    """``source`` written atomically to ``path`` once its MD5 matches; a DataError says what failed."""
+    try:
+        with urllib.request.urlopen(source.url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+            payload = response.read()
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        raise DataError(f"{source.url}: {e}") from None
+    md5 = hashlib.md5(payload).hexdigest()
+    if md5 != source.md5:
+        raise DataError(f"{source.url}: checksum mismatch (MD5 {md5}, expected {source.md5}, as {source.md5_source} gives it)")
+    try:
+        write_bytes(path, payload)
+    except OSError as e:
+        raise DataError(f"cannot write {path} ({e.strerror or e})") from None
+
+
+def _published_file(files: CifarBinary | MatImages, source: Published, folder: Path, download: bool,
+                    what: str) -> Path:
+    """The path of ``source`` in ``folder``, downloaded first where it is missing and ``download``."""
+    path = folder / source.name
+    if path.is_file():
+        return path
+    howto = _published_howto(files, folder, source, what)
+    if not download:
+        raise DataError(f"{files.title} is not in {folder} and download=False.\n{howto}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"Cannot create the data folder {folder} ({e.strerror or e}). "
+                        "Set LSGM_DATA_DIR (or pass data_dir) to a folder you can write to.") from None
+    try:
+        _fetch_published(source, path)
+    except DataError as e:
+        raise DataError(f"{files.title} is not in {folder} and could not be downloaded:\n  {e}\n{howto}") from None
+    return path
+
+
+def _extract_members(archive: Path, member_dir: str, names: list[str], dest: Path) -> None:
+    """The regular files ``member_dir/<name>`` of a .tar.gz, each written atomically to ``dest/<name>``.
+
+    Members are matched by name and never extracted to the paths the archive gives, which could
+    point outside ``dest`` or be links.
+    """
+    wanted = {f"{member_dir}/{name}": name for name in names}
+    found = set()
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                name = wanted.get(member.name.removeprefix("./"))
+                if name is None:
+                    continue
+                if not member.isfile():
+                    raise DataError(f"{archive}: {member.name} is not a regular file. Delete the archive and download "
+                                    "it again, or replace it with the official one.")
+                payload = tar.extractfile(member).read()
+                try:
+                    write_bytes(dest / name, payload)
+                except OSError as e:
+                    raise DataError(f"cannot write {dest / name} ({e.strerror or e})") from None
+                found.add(name)
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise DataError(f"{archive} is not a readable .tar.gz ({e}). Delete it and download it again, "
+                        "or replace it with the official one.") from None
+    except OSError as e:  # a damaged gzip stream (BadGzipFile) or an unreadable file
+        raise DataError(f"Cannot read {archive} ({e.strerror or e}). Delete it and download it again, "
+                        "or replace it with the official one.") from None
+    missing = [f"{member_dir}/{name}" for name in names if name not in found]
+    if missing:
+        raise DataError(f"{archive} lacks {', '.join(missing)}: it is not the official archive. Delete it and download "
+                        "it again, or replace it with the official one.")
+
+
+def read_cifar_batch(path: str | os.PathLike, shape: tuple[int, int, int] = (3, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR binary batch: uint8 images [N, C, H, W] and uint8 labels [N], read-only views.
+
+    Each record is one label byte and C*H*W pixel bytes (the red plane, then green, then blue, each
+    row by row); a file that is not a whole number of records raises ``DataError``.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"Cannot read {path}: {e.strerror or e}.") from None
+    record = 1 + math.prod(shape)
+    if not raw or len(raw) % record:
+        c, h, w = shape
+        raise DataError(f"{path} is not a CIFAR binary batch: its {len(raw)} bytes are not a whole number of "
+                        f"{record}-byte records (1 label byte + {c}x{h}x{w} pixel bytes). Delete it and extract it "
+                        "again from the official archive.")
+    records = np.frombuffer(raw, np.uint8).reshape(-1, record)
+    return records[:, 1:].reshape(-1, *shape), records[:, 0]
+
+
+def _cifar_batches(files: CifarBinary, folder: Path, download: bool) -> Path:
+    """The folder of the batch files, extracted first from the archive (downloaded if need be)."""
+    batches = folder / files.member_dir
+    names = [name for split in SPLITS for name in files.splits[split]]
+    if all((batches / name).is_file() for name in names):
+        return batches
+    what = f"{files.archive.name} (or the {files.member_dir}{os.sep} folder it holds, with {', '.join(names)})"
+    _extract_members(_published_file(files, files.archive, folder, download, what), files.member_dir, names, batches)
+    return batches
+
+
+def _load_cifar_split(spec: DatasetSpec, folder: Path, split: str, download: bool,
+                      image_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    files = spec.files
+    paths = [_cifar_batches(files, folder, download) / name for name in files.splits[split]]
+
+    def build() -> tuple[torch.Tensor, torch.Tensor, int]:
+        parts = [read_cifar_batch(path, files.shape) for path in paths]
+        for path, (_, labels) in zip(paths, parts):
+            _check_labels(labels, path, spec)
+        return _padded(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), image_size)
+
+    key = ("cifar", *(str(p.resolve()) for p in paths), image_size, len(spec.class_names))
+    return _cached(key, tuple(_file_stamp(p) for p in paths), build)
+
+
+def read_mat_images(path: str | os.PathLike, images_key: str, labels_key: str | None = None,
+                    side: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """Images stored as the columns of matrix ``images_key`` of a MATLAB v5 file (values in [0, 1],
+    each column a ``side`` x ``side`` image in Fortran order, as IWAE's chardata.mat holds OMNIGLOT),
+    as uint8 [N, 1, side, side] (grey levels k/255), and the labels: the row of the 1 in each column of
+    the one-hot matrix ``labels_key``, or -1 where the file has no such matrix.
+
+    Read with scipy.io.loadmat, which parses matrices and never unpickles.
+    """
+    path = Path(path)
+    try:
+        mat = scipy.io.loadmat(path, variable_names=[k for k in (images_key, labels_key) if k])
+    except FileNotFoundError:
+        raise DataError(f"Cannot read {path}: it does not exist.") from None
+    except NotImplementedError as e:  # MATLAB 7.3 files are HDF5
+        raise DataError(f"{path} is a MATLAB file scipy cannot read ({e}); save it in the v5 format "
+                        "(MATLAB: save(..., '-v7')) or replace it with the official file.") from None
+    except Exception as e:
+        # scipy.io raises ValueError, TypeError, OSError... on files that are not MAT files
+        raise DataError(f"{path} is not a readable MATLAB file ({type(e).__name__}: {e}). Delete it and download "
+                        "it again, or replace it with the official file.") from None
+    if images_key not in mat:
+        held = ", ".join(sorted(name for name, _, _ in scipy.io.whosmat(path))) or "none"
+        raise DataError(f"{path} has no matrix {images_key!r} (its matrices: {held}); replace it with the official file.")
+    data = mat[images_key]
+    if data.ndim != 2 or data.shape[0] != side * side or not np.issubdtype(data.dtype, np.number):
+        raise DataError(f"{path}: {images_key!r} should be a numeric {side * side} x N matrix (one {side}x{side} image "
+                        f"per column) but is {data.dtype.name} {list(data.shape)}; replace it with the official file.")
+    if data.size and not (np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1):
+        raise DataError(f"{path}: {images_key!r} should hold pixel values in [0, 1]; it holds values from "
+                        f"{np.nanmin(data)} to {np.nanmax(data)}. Replace it with the official file.")
+    n = data.shape[1]
+    # column n's element a + side*b is pixel (row a, column b): Fortran order
+    images = np.round(data * 255).astype(np.uint8).reshape(side, side, n, order="F").transpose(2, 0, 1)[:, None]
+    if labels_key is None or labels_key not in mat:
+        return np.ascontiguousarray(images), np.full(n, -1, np.int64)
+    onehot = mat[labels_key]
+    if onehot.ndim != 2 or onehot.shape[1] != n or not (onehot.sum(0) == 1).all():
+        raise DataError(f"{path}: {labels_key!r} should be a one-hot matrix of classes x {n} (one column per image) "
+                        f"but is {onehot.dtype.name} {list(onehot.shape)}; replace it with the official file.")
+    return np.ascontiguousarray(images), onehot.argmax(0)
+
+
+def _load_mat_split(spec: DatasetSpec, folder: Path, split: str, download: bool,
+                    image_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    files = spec.files
+    path = _published_file(files, files.file, folder, download, files.file.name)
+    images_key, labels_key = files.splits[split]
+
+    def build() -> tuple[torch.Tensor, torch.Tensor, int]:
+        images, labels = read_mat_images(path, images_key, labels_key, files.side)
+        _check_labels(labels, path, spec)
+        return _padded(images, labels, image_size)
+
+    key = ("mat", str(path.resolve()), images_key, image_size, len(spec.class_names))
+    return _cached(key, _file_stamp(path), build)
 
 
 # ----------------------------------------------------------------------------- folders of images
@@ -496,6 +743,20 @@ def _load_folder(spec: str, image_size: int, channels: int | None) -> ImageDatas
 # ----------------------------------------------------------------------------- entry point
 
 
+def _load_idx(spec: DatasetSpec, folder: Path, split: str, download: bool,
+              image_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    bases = spec.files.splits[split]
+    paths = [_find_file(folder, base) for base in bases]
+    if None in paths:
+        if not download:
+            missing = [base for base, path in zip(bases, paths) if path is None]
+            raise DataError(f"{spec.files.title} ({split}) is not in {folder} and download=False.\n"
+                            + _howto(spec.files, folder, missing))
+        _download_idx(spec.files, folder)
+        paths = [_find_file(folder, base) for base in bases]
+    return _load_idx_split(paths[0], paths[1], image_size, spec)
+
+
 def load_dataset(
     name: str,
     split: str = "train",
@@ -513,6 +774,12 @@ def load_dataset(
       every read. Files are read from ``<data_dir>/<mnist|fashion-mnist>/``; missing ones are
       downloaded if ``download``, else (or if that fails) a ``DataError`` says what to put where.
       ``channels`` must be None or 1.
+    - ``"cifar10"``: the 50,000 / 10,000 colour 32x32 images of CIFAR-10 ([N, 3, 32, 32]; ``image_size``
+      32, or more for zero padding), labels 0..9, from ``<data_dir>/cifar10/cifar-10-batches-bin/``
+      or extracted there from ``cifar-10-binary.tar.gz`` (downloaded if missing and ``download``).
+    - ``"binarized-omniglot"``: the 24,345 / 8,070 28x28 images of IWAE's OMNIGLOT split, from
+      ``<data_dir>/omniglot/chardata.mat``, padded as MNIST and binarised afresh at every read;
+      labels are the 50 alphabets.
     - ``"folder:<path>"``: every file under the folder, recursively (hidden files and folders
       skipped); each must be an image that Pillow reads (the first frame of animations),
       else a ``DataError`` lists every bad file. Images are center-cropped to a square and
@@ -529,16 +796,9 @@ def load_dataset(
         raise DataError(f"{name} is {spec.kind} ({spec.channels} channel{'s' if spec.channels > 1 else ''}); "
                         f"channels={channels} is not available for it.")
     folder = resolve_data_dir(data_dir) / spec.files.folder
-    bases = spec.files.splits[split]
-    paths = [_find_file(folder, base) for base in bases]
-    if None in paths:
-        if not download:
-            missing = [base for base, path in zip(bases, paths) if path is None]
-            raise DataError(f"{spec.files.title} ({split}) is not in {folder} and download=False.\n"
-                            + _howto(spec.files, folder, missing))
-        download_dataset(name, data_dir)
-        paths = [_find_file(folder, base) for base in bases]
-    images, labels, pad = _load_idx_split(paths[0], paths[1], image_size, spec)
+    load = _load_cifar_split if isinstance(spec.files, CifarBinary) else \
+        _load_mat_split if isinstance(spec.files, MatImages) else _load_idx
+    images, labels, pad = load(spec, folder, split, download, image_size)
     return ImageDataset(
         images,
         labels,

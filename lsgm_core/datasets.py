@@ -2,15 +2,16 @@
 
 Everything that depends on which data set it is reads its spec: data.py (the files to find, check
 and download, binarisation, channels, number of classes), features.py (the feature classifier) and
-the app (class names, the test images it shows). Adding a data set stored as IDX files is one entry
-here; ``python -m app.make_assets`` then ships its test images with the app.
+the app (class names, the test images it shows). Adding a data set stored in one of the formats
+described here (IDX files, CIFAR's binary records, a MATLAB file of images) is one entry; for one
+that the app shows, ``python -m app.make_assets`` then ships its test images with the app.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-__all__ = ["DATASETS", "DatasetSpec", "IdxFiles", "SPLITS"]
+__all__ = ["DATASETS", "CifarBinary", "DatasetSpec", "IdxFiles", "MatImages", "Published", "SPLITS"]
 
 SPLITS = ("train", "test")
 
@@ -35,15 +36,51 @@ class IdxFiles:
 
 
 @dataclass(frozen=True)
+class Published:
+    """One file as its authors publish it, at one address, with its MD5."""
+
+    name: str
+    url: str
+    md5: str  # of the file as served
+    md5_source: str  # where the sum was published: a wrong one would block every download
+
+
+@dataclass(frozen=True)
+class CifarBinary:
+    """The "binary version" of CIFAR: each batch file is records of one label byte and the image's
+    C*H*W pixel bytes (channel-major, rows top to bottom), shipped together in one .tar.gz."""
+
+    folder: str
+    title: str
+    archive: Published
+    member_dir: str  # the archive's folder of batch files, kept as the folder they are read from
+    splits: Mapping[str, tuple[str, ...]]  # the batch files of each split, in order
+    shape: tuple[int, int, int] = (3, 32, 32)
+
+
+@dataclass(frozen=True)
+class MatImages:
+    """Images as the columns of matrices in one MATLAB (v5) file, floats in [0, 1]; each column is one
+    square image in Fortran (column-major) order, as MATLAB writes it."""
+
+    folder: str
+    title: str
+    file: Published
+    splits: Mapping[str, tuple[str, str]]  # (images matrix, one-hot labels matrix) of each split
+    side: int = 28
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """One data set: its files, how its images are read, its classes and its feature classifier."""
 
     name: str
-    files: IdxFiles
+    files: IdxFiles | CifarBinary | MatImages
     class_names: tuple[str, ...]  # label i is class_names[i]
     # the data set whose real test images the app shows for this one (its Latent map test set and
-    # Interpolate examples): itself, or for a binarised set the grey set it draws from
-    shown_as: str
+    # Interpolate examples): itself, or for a binarised set the grey set it draws from; None: the
+    # app ships none of its images
+    shown_as: str | None
     # the file stem of its feature classifier in checkpoints/features; None: no FID for it
     classifier: str | None
     binarize: bool = False  # dynamic binarisation: a fresh Bernoulli draw of the grey levels at every read
@@ -81,6 +118,27 @@ _FASHION_MNIST_FILES = IdxFiles(
 
 _MNIST = DatasetSpec("mnist", _MNIST_FILES, tuple(str(d) for d in range(10)), shown_as="mnist", classifier="mnist")
 
+_CIFAR10_FILES = CifarBinary(
+    folder="cifar10",
+    title="CIFAR-10",
+    archive=Published(
+        "cifar-10-binary.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+        "c32a1d4ab5d03f1284b67883e8d87530", md5_source="the data set's page, https://www.cs.toronto.edu/~kriz/cifar.html"),
+    member_dir="cifar-10-batches-bin",
+    splits={"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test": ("test_batch.bin",)},
+)
+
+# The 28x28 OMNIGLOT split of the IWAE paper (Burda et al. 2016), which NVAE and LSGM evaluate on:
+# 24,345 training and 8,070 test images, labelled by alphabet (one-hot over 50).
+_OMNIGLOT_FILES = MatImages(
+    folder="omniglot",
+    title="OMNIGLOT (the IWAE split)",
+    file=Published(
+        "chardata.mat", "https://github.com/yburda/iwae/raw/master/datasets/OMNIGLOT/chardata.mat",
+        "21ecaf34373511aa7691cf2e0802aa3d", md5_source="the OMNIGLOT loader of tfsnippet (haowen-xu/tfsnippet)"),
+    splits={"train": ("data", "target"), "test": ("testdata", "testtarget")},
+)
+
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
@@ -93,6 +151,22 @@ DATASETS: dict[str, DatasetSpec] = {
             ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
             shown_as="fashion-mnist",
             classifier="fashion-mnist",
+        ),
+        DatasetSpec(
+            "cifar10",
+            _CIFAR10_FILES,
+            ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+            shown_as=None,
+            classifier=None,
+            channels=3,
+        ),
+        DatasetSpec(
+            "binarized-omniglot",
+            _OMNIGLOT_FILES,
+            tuple(f"alphabet {i}" for i in range(50)),
+            shown_as=None,
+            classifier=None,
+            binarize=True,
         ),
     )
 }

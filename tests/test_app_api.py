@@ -299,7 +299,7 @@ def test_train_stage_two_from_a_stage_one_model(client):
 
 @pytest.mark.parametrize("args, expected", [
     (("../escape", "mnist", 1, None, 10, "tiny", -3), "run name"),
-    (("ok-name", "cifar10", 1, None, 10, "tiny", -3), "cifar10"),
+    (("ok-name", "cifar100", 1, None, 10, "tiny", -3), "cifar100"),
     (("ok-name", "mnist", 2, None, 10, "tiny", -3), "stage-1"),
     (("ok-name", "mnist", 2, "checkpoints/tiny-lsgm", 10, "tiny", -3), "not a stage-1"),
     (("ok-name", "mnist", 1, None, 0, "tiny", -3), "minimum"),

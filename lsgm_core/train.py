@@ -4,7 +4,8 @@ prior stage (the prior alone, on the cached latents of a frozen VAE: lsgm_core.l
     python -m lsgm_core.train --config configs/bmnist_stage1.toml --data-dir DATA --out runs/s1
     torchrun --nproc_per_node 2 -m lsgm_core.train --config ... --out ...   # data parallel (DDP)
 
-Progress goes to stderr (tqdm), one JSON object per logged step to OUT/log.jsonl, and one JSON
+Progress goes to stderr (tqdm), one JSON object per logged step to OUT/log.jsonl (its numbers also to
+TensorBoard event files in OUT where tensorboard is installed: lsgm_core.tensorboard_events), and one JSON
 line with the final figures to stdout. Every random draw of a step is seeded by (seed, step,
 rank), so `--resume` continues exactly the loss curve the uninterrupted run would have drawn.
 The run is built (model, data, optimisers, resume state) by lsgm_core.run; this module is the loop.
@@ -30,6 +31,7 @@ from .checkpoint import save_run_checkpoint
 from .cli import report
 from .config import ConfigError, load_config
 from .run import Run, kl_per_channel
+from .tensorboard_events import EventLog
 from .tensors import seeded_generator
 
 # kl_per_channel lives in lsgm_core.run (it picks stage 2's inactive channels); callers import it from here too
@@ -63,6 +65,7 @@ class Trainer(Run):
 
     _stop_signal = None  # the signal that ends the loop after its current step
     _clock = None  # (perf_counter at start of this process's training, elapsed before it)
+    _events = None  # the TensorBoard copy of log.jsonl (rank 0, while training)
 
     def seconds(self) -> float:
         """Wall time spent training, over all resumed segments."""
@@ -171,8 +174,11 @@ class Trainer(Run):
     def _log(self, log, record: dict, step: int | None = None) -> None:
         """One line of log.jsonl for the current step (or `step`), flushed: the app reads the curve live."""
         if log:
-            log.write(json.dumps({"step": self.step if step is None else step, **record}) + "\n")
+            line = {"step": self.step if step is None else step, **record}
+            log.write(json.dumps(line) + "\n")
             log.flush()
+            if self._events is not None:
+                self._events.write(line)
 
     def train(self, max_steps: int | None = None) -> dict:
         """Train until max_steps (or a stop signal); returns the final figures."""
@@ -187,6 +193,7 @@ class Trainer(Run):
         start = time.perf_counter()
         self._clock = (start, self.elapsed)
         with (self._stop_on_signals(), self._open_log() as log,
+              EventLog(self.out, self.step) if self.rank == 0 else contextlib.nullcontext() as self._events,
               tqdm(total=t["max_steps"], initial=self.step, disable=not self.show_progress, desc=desc,
                    file=sys.stderr, dynamic_ncols=True) as bar):
             while self.step < t["max_steps"] and self._stop_signal is None:

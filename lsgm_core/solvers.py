@@ -324,9 +324,28 @@ def fast(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, ste
          generator=None, observer: Recorder | None = None) -> torch.Tensor:
     """The multistep exponential integrator of the probability-flow ODE (module docstring), on a
     log-SNR grid of `steps` steps, one network evaluation each."""
+    t, lam = time_grid(field.prior.sde, steps, t_end)
+    return _exponential_integrator(field, z, t, lam, observer)
+
+
+def fast_encode(prior, z0: torch.Tensor, *, steps: int = 20, alpha=None, t_start: float = ODE_EPS) -> tuple[torch.Tensor, int]:
+    """z0 -> z1 by the fast solver run forwards in time on its own grid of `steps` steps, reversed
+    (the exponential integrator holds in either direction of lambda): the cheap inverse of `fast`."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    t, lam = time_grid(prior.sde, steps, t_start)
+    field = ProbabilityFlow(prior, alpha)
+    with torch.no_grad():
+        z1 = _exponential_integrator(field, z0, t.flip(0), lam.flip(0), None)
+    return z1, field.nfe
+
+
+def _exponential_integrator(field: ProbabilityFlow, z: torch.Tensor, t: torch.Tensor, lam: torch.Tensor,
+                            observer: Recorder | None) -> torch.Tensor:
+    """The fast solver's steps through the times t (their log-SNRs lam), in either direction."""
     prior = field.prior
     prior_sde = prior.sde
-    t, lam = time_grid(prior_sde, steps, t_end)
+    steps = len(t) - 1
     alpha = prior.alpha(field.alpha).detach().to(torch.float64).cpu()
     a = per_channel(alpha.to(z), z)
     # every step's weights depend on the grid and alpha alone: all of them in one call. Step i's
@@ -550,13 +569,20 @@ def _join(trajs: list[Trajectory]) -> Trajectory:
                       [s for t in trajs for s in t.step_sizes], [s for t in trajs for s in t.step_times])
 
 
+def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Points on the great circle from a to b (scaled between their norms) at fractions w [K, 1, ...]."""
+    theta = torch.arccos((a * b).sum() / (a.norm() * b.norm())).clamp(min=1e-6)
+    return (torch.sin((1.0 - w) * theta) * a + torch.sin(w * theta) * b) / torch.sin(theta)
+
+
 def interpolate(model, x_a: torch.Tensor, x_b: torch.Tensor, num: int, mode: str = "slerp_z1",
-                **kw) -> tuple[torch.Tensor, torch.Tensor]:
+                steps: int | None = None, **kw) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [num, C, H, W] and latents z0 [num, ...] between two images ([C, H, W] or [1, C, H, W]).
 
     "linear_z0": straight line between the encoder means; "slerp_z1": the means are encoded to z1
     through the ODE, interpolated on the sphere (where N(0, I) puts its mass), decoded back.
-    kw (atol, rtol, alpha) go to the ODE.
+    kw (atol, rtol, alpha) go to the adaptive ODE; with `steps` the fast solver does both ways
+    instead (fast_encode, then fast), `steps` network evaluations each, and kw holds alpha only.
     """
     modes = ("linear_z0", "slerp_z1")
     if mode not in modes:
@@ -570,11 +596,12 @@ def interpolate(model, x_a: torch.Tensor, x_b: torch.Tensor, num: int, mode: str
     w = per_sample(torch.linspace(0.0, 1.0, num, device=device), mu)
     if mode == "linear_z0":
         z0 = (1.0 - w) * mu[0] + w * mu[1]
-    else:
+    elif steps is None:
         z1, _ = ode_encode(model.prior, mu, **kw)
-        a, b = z1[0], z1[1]
-        theta = torch.arccos((a * b).sum() / (a.norm() * b.norm())).clamp(min=1e-6)
-        zt = (torch.sin((1.0 - w) * theta) * a + torch.sin(w * theta) * b) / torch.sin(theta)
-        z0, _ = ode_decode(model.prior, zt, **kw)
+        z0, _ = ode_decode(model.prior, slerp(z1[0], z1[1], w), **kw)
+    else:
+        z1, _ = fast_encode(model.prior, mu, steps=steps, **kw)
+        with torch.no_grad():
+            z0 = fast(ProbabilityFlow(model.prior, kw.get("alpha")), slerp(z1[0], z1[1], w), steps=steps)
     with torch.no_grad():
         return model.decode_images(z0), z0

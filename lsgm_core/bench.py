@@ -15,8 +15,10 @@ needs no download and the numbers do not depend on the data.
 
 `sampling` times lsgm_core.solvers.sample (network, solver and decoding; seed 0) for each number of
 samples and solver setting (default: the adaptive ODE at atol = rtol = 1e-5 and 1e-3, the reverse
-SDE with 1000 steps, the fast solver with 20 and 10), after one untimed warm-up call, keeping the
-best of --repeats timings; with --baseline (the pixel-space model) the same runs are timed for it
+SDE with 1000 steps, the fast solver with 20 and 10), after an untimed warm-up call of each setting,
+keeping the best (`seconds`) and the median (`median_seconds`) of --repeats timings; images are
+decoded as the solver does it (`distilled` through the student's own decoder where it has one);
+with --baseline (the pixel-space model) the same runs are timed for it
 and `speedup` gives baseline / model, in wall time and in NFE, run by run.
 
     python -m lsgm_core.bench quality --checkpoint A [--runs ode:1e-5 fast:10 sde:1000 ...] [--num 10000]
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import struct
 import subprocess
 import sys
@@ -167,7 +170,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", nargs="+", default=["ode:1e-5", "ode:1e-3", "sde:1000", "fast:20", "fast:10"],
                    help=f"solver settings: {setting_forms()} (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=1,
-                   help="time each run this many times and keep the best (default 1)")
+                   help="time each run this many times and keep the best and the median (default 1)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -184,12 +187,14 @@ def _timed_sample(model, device: torch.device, num: int, options: dict, **kw):
 
 def _time_sampling(model, device: torch.device, runs: dict[str, dict], args, role: str) -> dict:
     out = {}
-    sample(model, 2, "fast", steps=2, seed=args.seed)  # warm-up: first-call allocations, lazy init
+    for options in runs.values():  # warm-up: each path's first-call allocations and lazy init
+        _timed_sample(model, device, 2, options, seed=args.seed)
     for num in args.sizes:
         for spec, options in runs.items():
             timings = [_timed_sample(model, device, num, options, seed=args.seed) for _ in range(args.repeats)]
             out.setdefault(str(num), {})[spec] = {"nfe": timings[0][0].nfe,
-                                                  "seconds": round(min(s for _, s in timings), 4)}
+                                                  "seconds": round(min(s for _, s in timings), 4),
+                                                  "median_seconds": round(statistics.median(s for _, s in timings), 4)}
             # progress: a pixel model's 256 samples at 1e-5 take many minutes on a CPU
             print(json.dumps({role: {num: {spec: out[str(num)][spec]}}}), file=sys.stderr, flush=True)
     return out

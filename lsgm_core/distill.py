@@ -2,6 +2,8 @@
 
     python -m lsgm_core.distill --checkpoint C --out D [--pairs 20000] [--teacher-steps 40]
                                 [--train-steps 3000] [--batch-size 256] [--channels N] [--lr 2e-4] [--seed 0]
+                                [--decoder-channels 32,64 [--decoder-res-blocks 1] [--decoder-steps N]]
+                                [--pairs-cache FILE]
 
 1. Teacher pairs: --pairs draws z1 ~ N(0, I) (seeded) and the ODE's end point z0 of each, by the
    fast solver with --teacher-steps steps at the model's own alpha.
@@ -9,6 +11,9 @@
    and 2 steps, the student sees z_t = m_t z0 + sigma_t eps with eps = (z1 - m_1 z0) / sigma_1:
    the points its own deterministic moves visit when it is exact. It learns z0 by mean squared
    error over the active channels, starting from the teacher's U-Net (output layer zeroed).
+   With --decoder-channels the student gets a decoder of its own, the VAE decoder's architecture at
+   those widths, trained to give the model's mean images from the teacher's z0 (mean squared error
+   over the pixels): 1-step samples then skip the full decoder, most of their cost.
 3. D: the teacher's checkpoint with the student in it (config "student"; its weights in
    model.safetensors beside the prior's EMA weights), written atomically. Its metrics: on held-out
    pairs, the error of 1, 2 and 4 student steps against the teacher, as RMS over z0's spread.
@@ -23,14 +28,19 @@ import argparse
 import copy
 import sys
 import time
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from . import atomic
 from .checkpoint import derived_meta, load_model, save_checkpoint
 from .cli import report
 from .device import pick_device
 from .ema import EMA
+from .nets import Decoder
 from .solvers import ODE_EPS, sample, time_grid
 from .student import STEPS, Student
 from .tensors import per_channel, per_sample, seeded_generator
@@ -48,6 +58,24 @@ def teacher_pairs(model, num: int, steps: int, seed: int = 0, batch_size: int = 
         out = sample(model, num, "fast", steps=steps, z1=z1, batch_size=batch_size,
                      callback=lambda _: bar.update(1))
     return z1, out.z0.cpu()
+
+
+def cached_pairs(model, path: str | Path, num: int, steps: int, seed: int = 0,
+                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """teacher_pairs, kept in the safetensors file `path` under a key of what they depend on."""
+    key = {"weights": str(model.meta.get("files", {}).get("model.safetensors")), "pairs": str(num),
+           "teacher_steps": str(steps), "seed": str(seed)}
+    path = Path(path)
+    if path.exists():
+        try:
+            with safe_open(str(path), "pt") as f:
+                if f.metadata() == key:
+                    return f.get_tensor("z1"), f.get_tensor("z0")
+        except (SafetensorError, OSError, KeyError):
+            pass  # damaged or foreign: computed again and replaced
+    z1, z0 = teacher_pairs(model, num, steps, seed, progress=progress)
+    atomic.atomic_write(path, lambda f: save_file({"z1": z1.contiguous(), "z0": z0.contiguous()}, str(f), metadata=key))
+    return z1, z0
 
 
 def regression_inputs(student: Student, z1: torch.Tensor, z0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -85,32 +113,73 @@ def student_error(model, z1: torch.Tensor, z0: torch.Tensor) -> dict[str, float]
     return out
 
 
+def _fit(module: torch.nn.Module, batch_loss, train_steps: int, lr: float, ema: float, seed: int, desc: str,
+         progress: bool) -> torch.nn.Module:
+    """Adam on batch_loss(generator) for train_steps steps; `module` ends with its EMA weights, in eval mode."""
+    averaged = EMA(module, ema)
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    gen = seeded_generator(seed)
+    module.train()
+    with tqdm(range(train_steps), desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+        for step in bar:
+            loss = batch_loss(gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            averaged.update(module, step)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+    averaged.copy_to(module)
+    return module.eval()
+
+
 def distill(student: Student, pairs: tuple[torch.Tensor, torch.Tensor], train_steps: int, batch_size: int = 256,
             lr: float = 2e-4, ema: float = 0.999, seed: int = 0, progress: bool = False) -> Student:
     """Train `student` on (z1, z0) pairs, on its device; returns it with its EMA weights, in eval mode."""
     z1, z0 = pairs
     device = next(student.parameters()).device
-    averaged = EMA(student, ema)
     times = time_grid(student.sde, max(STEPS), ODE_EPS)[0][:-1].float()  # 1 and the 4-step grid's inner times
-    opt = torch.optim.Adam(student.parameters(), lr=lr)
-    gen = seeded_generator(seed)
     mask = per_channel((student.active > 0).float(), z0)
     dims = mask.sum() * z0[0, 0].numel()
-    student.train()
-    with tqdm(range(train_steps), desc="distilling", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
-        for step in bar:
-            idx = torch.randint(len(z1), (batch_size,), generator=gen)
-            t = times[torch.randint(len(times), (batch_size,), generator=gen)]
-            a, b, t = z1[idx].to(device), z0[idx].to(device), t.to(device)
-            loss = ((student(regression_inputs(student, a, b, t), t) - b).pow(2) * mask).sum() / (batch_size * dims)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            averaged.update(student, step)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
-    averaged.copy_to(student)
-    return student.eval()
+
+    def batch_loss(gen):
+        idx = torch.randint(len(z1), (batch_size,), generator=gen)
+        t = times[torch.randint(len(times), (batch_size,), generator=gen)]
+        a, b, t = z1[idx].to(device), z0[idx].to(device), t.to(device)
+        return ((student(regression_inputs(student, a, b, t), t) - b).pow(2) * mask).sum() / (batch_size * dims)
+
+    return _fit(student, batch_loss, train_steps, lr, ema, seed, "distilling", progress)
+
+
+def _mean_images(model, decoder: torch.nn.Module, z0: torch.Tensor) -> torch.Tensor:
+    """The likelihood's mean under `decoder`, cropped to the data's size (unclamped: gradients at 0 and 1)."""
+    return model._crop(model.likelihood.mean(decoder(z0)))
+
+
+def distill_decoder(model, z0: torch.Tensor, channels, num_res_blocks: int, train_steps: int, batch_size: int = 256,
+                    lr: float = 1e-3, ema: float = 0.999, seed: int = 0, progress: bool = False) -> tuple[Decoder, dict]:
+    """A Decoder of the given widths trained to give the model's mean images from the z0 [N, ...];
+    returns it (EMA weights, eval mode, on the model's device) and its config entry."""
+    device = next(model.decoder.parameters()).device
+    spec = {"out_channels": model.decoder.net[-1].out_channels, "channels": [int(c) for c in channels],
+            "num_res_blocks": int(num_res_blocks)}
+    torch.manual_seed(seed)
+    decoder = Decoder(z0.shape[1], **spec).to(device)
+    with torch.no_grad():
+        targets = torch.cat([_mean_images(model, model.decoder, c.to(device)).cpu() for c in z0.split(500)])
+
+    def batch_loss(gen):
+        idx = torch.randint(len(z0), (batch_size,), generator=gen)
+        return (_mean_images(model, decoder, z0[idx].to(device)) - targets[idx].to(device)).pow(2).mean()
+
+    return _fit(decoder, batch_loss, train_steps, lr, ema, seed, "decoder", progress), spec
+
+
+def decoder_error(model, z0: torch.Tensor) -> dict[str, float]:
+    """Mean and largest |student decoder's image - model decoder's image| over the pixels of z0's images."""
+    with torch.no_grad():
+        diff = (model.decode_images(z0, student=True) - model.decode_images(z0)).abs()
+    return {"mean_abs": round(diff.mean().item(), 5), "max_abs": round(diff.max().item(), 5)}
 
 
 def main(argv=None) -> int:
@@ -126,17 +195,38 @@ def main(argv=None) -> int:
                     "weights it then starts from; narrower samples faster and ships smaller)")
     ap.add_argument("--lr", type=float, default=2e-4, help="Adam's learning rate (default 2e-4)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the pairs and the batches (default 0)")
+    ap.add_argument("--decoder-channels", help="widths of a decoder of the student's own, one per "
+                    "resolution level as the model's (e.g. 32,64; default: the student uses the model's decoder)")
+    ap.add_argument("--decoder-res-blocks", type=int, default=1, help="residual blocks per level of that decoder "
+                    "(default 1)")
+    ap.add_argument("--decoder-steps", type=int, help="its optimisation steps (default: --train-steps)")
+    ap.add_argument("--pairs-cache", help="a safetensors file that keeps the teacher pairs for the next run "
+                    "with the same teacher, --pairs, --teacher-steps and --seed")
     ap.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     args = ap.parse_args(argv)
     return report(lambda: run(args))
 
 
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        widths = []
+    if not widths or any(w < 8 or w % 8 for w in widths):
+        raise ValueError(f"--decoder-channels takes widths that are multiples of 8 separated by commas, e.g. 32,64; "
+                         f"got {text!r}")
+    return widths
+
+
 def run(args) -> dict:
     if args.channels is not None and (args.channels < 8 or args.channels % 8):
         raise ValueError(f"--channels must be a positive multiple of 8 (the U-Net's group norms divide it), "
                          f"got {args.channels}")
-    for name in ("pairs", "teacher_steps", "train_steps", "batch_size"):
+    if args.decoder_channels is not None:
+        args.decoder_channels = _widths(args.decoder_channels)
+    args.decoder_steps = args.train_steps if args.decoder_steps is None else args.decoder_steps
+    for name in ("pairs", "teacher_steps", "train_steps", "batch_size", "decoder_res_blocks", "decoder_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.pairs <= HELD_OUT:
@@ -144,13 +234,22 @@ def run(args) -> dict:
     if not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     model = load_model(args.checkpoint, pick_device(args.device))
+    if args.decoder_channels is not None:
+        if model.kind != "lsgm":
+            raise ValueError(f"--decoder-channels needs a latent model; this one is {model.kind!r} (no decoder)")
+        if len(args.decoder_channels) != len(model.config["model"]["vae_channels"]):
+            raise ValueError(f"--decoder-channels needs {len(model.config['model']['vae_channels'])} widths, one per "
+                             f"level of the model's decoder ({model.config['model']['vae_channels']}); "
+                             f"got {args.decoder_channels}")
+    progress = not args.no_progress
     start = time.perf_counter()
-    z1, z0 = teacher_pairs(model, args.pairs, args.teacher_steps, args.seed, progress=not args.no_progress)
+    z1, z0 = (cached_pairs(model, args.pairs_cache, args.pairs, args.teacher_steps, args.seed, progress)
+              if args.pairs_cache else teacher_pairs(model, args.pairs, args.teacher_steps, args.seed, progress=progress))
     teacher_seconds = time.perf_counter() - start
     train, held = (z1[HELD_OUT:], z0[HELD_OUT:]), (z1[:HELD_OUT], z0[:HELD_OUT])
     start = time.perf_counter()
     model.student = distill(make_student(model, train[1], args.channels), train, args.train_steps, args.batch_size, args.lr,
-                            seed=args.seed, progress=not args.no_progress)
+                            seed=args.seed, progress=progress)
     train_seconds = time.perf_counter() - start
     figures = {"student_rel_rmse": student_error(model, *held), "pairs": args.pairs,
                "teacher_steps": args.teacher_steps, "train_steps": args.train_steps,
@@ -159,6 +258,13 @@ def run(args) -> dict:
     config["student"] = {"sde": config["model"]["prior"]["sde"],
                          "net": {**config["model"]["prior"]["net"], "channels": model.student.net.temb_ch},
                          "sigma_data": model.student.sigma_data.item(), "steps": list(STEPS)}
+    if args.decoder_channels is not None:
+        start = time.perf_counter()
+        model.student.decoder, config["student"]["decoder"] = distill_decoder(
+            model, train[1], args.decoder_channels, args.decoder_res_blocks, args.decoder_steps, args.batch_size,
+            seed=args.seed, progress=progress)
+        figures.update(decoder_steps=args.decoder_steps, decoder_seconds=round(time.perf_counter() - start, 1),
+                       decoder_error=decoder_error(model, held[1].to(next(model.parameters()).device)))
     meta = {**derived_meta(model.meta, {"distillation": figures}, "distilled_from"), "ema_folded": True}
     out = save_checkpoint(args.out, config, {"model": model.state_dict()}, meta)
     return {"out": str(out), "teacher": model.meta["path"], **figures}

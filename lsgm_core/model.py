@@ -55,9 +55,11 @@ class LSGM(nn.Module):
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         return crop(x, self.crop)
 
-    def decode_images(self, z0: torch.Tensor) -> torch.Tensor:
-        """z0 -> mean images in [0, 1], cropped to the data's own size."""
-        return self._crop(self.likelihood.mean(self.decode(z0))).clamp(0, 1)
+    def decode_images(self, z0: torch.Tensor, student: bool = False) -> torch.Tensor:
+        """z0 -> mean images in [0, 1], cropped to the data's own size. `student`: through the
+        student's distilled decoder where it has one (lsgm_core.student), else the model's."""
+        decoder = self.student.decoder if student and self.student is not None and self.student.decoder else None
+        return self._crop(self.likelihood.mean((decoder or self.decoder)(z0))).clamp(0, 1)
 
     def recon_nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x|z0) per sample, in nats, over the uncropped pixels."""
@@ -139,7 +141,7 @@ class PixelSGM(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return 2.0 * x - 1.0, torch.full_like(x, -math.inf)
 
-    def decode_images(self, z0: torch.Tensor) -> torch.Tensor:
+    def decode_images(self, z0: torch.Tensor, student: bool = False) -> torch.Tensor:
         return crop((z0 + 1.0) / 2.0, self.crop).clamp(0, 1)
 
     def forward(self, x: torch.Tensor, stage: int = 2, kl_coeff: float = 1.0) -> dict:

@@ -16,13 +16,18 @@ k steps run on the fast solver's log-SNR grid of k steps (1 -> t_end): predict z
 deterministically to the next time along eps_hat = (z_t - m_t z0_hat) / sigma_t, as DDIM does.
 The grids of 1, 2 and 4 steps nest, so one student trained on the 4-step grid's times serves all
 three. Inactive channels (alpha = 0) are the identity map of the ODE and pass through unchanged.
+
+A student may carry a decoder of its own (config "decoder": the VAE decoder's architecture at
+smaller widths), trained to reproduce the model's mean images from the teacher's z0: the whole
+path z1 -> image then costs a fraction of the model's decoder, which at full width takes most of
+a 1-step sample's time. The `distilled` solver decodes with it when it is there.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .nets import UNet
+from .nets import Decoder, UNet
 from .sde import make_sde
 from .tensors import per_channel, per_sample
 
@@ -30,17 +35,20 @@ STEPS = (1, 2, 4)
 
 
 class Student(nn.Module):
-    def __init__(self, shape, sde: dict, net: dict, sigma_data: float, steps=STEPS):
+    def __init__(self, shape, sde: dict, net: dict, sigma_data: float, steps=STEPS, decoder: dict | None = None):
         super().__init__()
         self.shape, self.steps = tuple(shape), tuple(int(s) for s in steps)
         self.sde = make_sde(sde)
         self.net = UNet(self.shape[0], **net)
+        # {"out_channels", "channels", "num_res_blocks"}: a Decoder from z0 to the likelihood's parameters
+        self.decoder = Decoder(self.shape[0], **decoder) if decoder else None
         self.register_buffer("sigma_data", torch.tensor(float(sigma_data)))
         self.register_buffer("active", torch.ones(self.shape[0]))
 
     @classmethod
     def from_config(cls, config: dict, prior) -> "Student":
-        student = cls(prior.shape, config["sde"], config["net"], config["sigma_data"], config.get("steps", STEPS))
+        student = cls(prior.shape, config["sde"], config["net"], config["sigma_data"], config.get("steps", STEPS),
+                      config.get("decoder"))
         if getattr(prior, "mixed", False):
             student.active.copy_(prior.active)
         return student

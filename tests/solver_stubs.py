@@ -31,6 +31,27 @@ class GaussianPrior:
         return self.sde.sigma(t) * z / self.s(t).to(z.dtype) ** 2
 
 
+class MixturePrior:
+    """The exact eps_hat of a mixture of k equally weighted Gaussians N(mu_j, c^2 I) (mu_j ~ N(0, I),
+    seeded): at t each is N(m_t mu_j, v_t I), v_t = m_t^2 c^2 + sigma_t^2, and
+    eps_hat = sigma_t sum_j r_j (z - m_t mu_j) / v_t with r_j the components' posterior weights."""
+
+    def __init__(self, sde, c: float = 0.1, k: int = 4, shape=(2, 4, 4), seed: int = 0):
+        self.sde, self.c, self.shape = sde, c, shape
+        self.mu = torch.randn((k,) + shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def alpha(self, override=None):
+        return torch.ones(self.shape[0])
+
+    def eps(self, z, t, alpha=None):
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(z.shape[0])
+        m, sigma = (f(t).view(-1, 1, 1, 1, 1) for f in (self.sde.mean_coef, self.sde.sigma))
+        v = m ** 2 * self.c ** 2 + sigma ** 2
+        diff = z.double()[:, None] - m * self.mu[None]
+        r = torch.softmax(-diff.pow(2).flatten(2).sum(-1) / (2.0 * v.flatten(1)), 1)
+        return (sigma[:, 0] * (r.view(*r.shape, 1, 1, 1) * diff / v).sum(1)).to(z.dtype)
+
+
 class GaussianStudent(nn.Module):
     """The exact distilled student of GaussianPrior (lsgm_core.student's scheme): on the points that
     scheme visits, z_t = m_t z0 + sigma_t (z1 - m_1 z0) / sigma_1 with z0 = r z1, r = s_end / s_1, so
@@ -59,7 +80,7 @@ class Wrap(nn.Module):
         self.prior = prior
         self.student = student
 
-    def decode_images(self, z0):
+    def decode_images(self, z0, student=False):
         return z0
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,9 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lsgm_core.config import DEFAULTS
 from lsgm_core.data import DATASETS
 
 from .paths import ROOT
+from .uploads import Uploads, check_name
 
 # Network sizes offered in the Train tab, as trainer config overrides.
 SIZES = {
@@ -32,7 +33,6 @@ SIZES = {
     "base": {},  # lsgm_core's defaults
 }
 MAX_STEPS = 20_000  # a small run from the UI; longer ones belong to the trainer's CLI
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass
@@ -67,16 +67,18 @@ class RunManager:
         self.runs_dir = Path(runs_dir)
         self.data_dir = data_dir
         self.device = device
+        # hidden, so that the model picker, which lists runs_dir, does not take them for runs
+        self.uploads = Uploads(self.runs_dir / ".uploads")
         self.current: Run | None = None
         self._lock = threading.Lock()
         atexit.register(self.shutdown)
 
     def start(self, name: str, dataset: str, stage: int, init_from: Path | None, steps: int,
               size: str, lr: float) -> Run:
-        if not _NAME.match(name or ""):
-            raise ValueError("run name: 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit")
-        if dataset not in DATASETS:
-            raise ValueError(f"data set must be one of {', '.join(DATASETS)}; got {dataset!r}")
+        check_name("run name", name)
+        uploaded = self.uploads.ids()
+        if dataset not in (*DATASETS, *uploaded):
+            raise ValueError(f"data set must be one of {', '.join([*DATASETS, *uploaded])}; got {dataset!r}")
         if size not in SIZES:
             raise ValueError(f"network size must be one of {', '.join(SIZES)}; got {size!r}")
         out = self.runs_dir / name
@@ -100,6 +102,14 @@ class RunManager:
                 sets.update({"train.stage": 2, "train.init_from": str(init_from)})
             elif stage != 1:
                 raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+            elif dataset in uploaded:
+                sets["data.dataset"] = self.uploads.folder_spec(dataset)
+            trained_on = (json.loads((init_from / "config.json").read_text())["data"]["dataset"] if stage == 2
+                          else sets["data.dataset"])
+            images = self.uploads.images_in(trained_on)
+            if images is not None:
+                # the trainer refuses a data set smaller than one batch
+                sets["train.batch_size"] = min(sets.get("train.batch_size", DEFAULTS["train"]["batch_size"]), images)
             cmd += ["--set", *(f"{k}={json.dumps(v)}" for k, v in sets.items())]
             if self.data_dir:
                 cmd += ["--data-dir", str(self.data_dir)]

@@ -33,6 +33,8 @@ from lsgm_core.data import DataError, load_dataset, read_image
 
 from .images import UploadError, grid, source_notes
 
+# the Latent map's choice of test images for a model trained on a folder: its own images
+OWN_IMAGES = "its training images (your upload; coloured by k-means cluster of the pixels)"
 PREFIX = "upload:"  # how the Train tab and the trainer's callers name an uploaded data set
 IMAGE_SIZE = 32  # the trainer's data.image_size: images are stored at the size they are trained at
 MIN_IMAGES = 8
@@ -54,6 +56,9 @@ class Limits:
     files: int = 5000  # images in one upload
     upload_bytes: int = 100 * 2**20  # the uploaded files together, as sent
     unpacked_bytes: int = 300 * 2**20  # a zip's entries decompressed, together
+    # the images' pixels before resizing, together: small files can decode to huge images, and
+    # decoding is what costs the server's time
+    megapixels: float = 2000
 
 
 @dataclass
@@ -125,6 +130,10 @@ class Uploads:
         """The trainer's `data.dataset` for an uploaded data set ('folder:<path>')."""
         return f"folder:{self._folder(dataset_id) / 'images'}"
 
+    def images_in(self, folder_spec: str) -> int | None:
+        """How many images the uploaded data set read as `folder_spec` holds; None for any other data set."""
+        return next((self.report(i).images for i in self.ids() if self.folder_spec(i) == folder_spec), None)
+
     def preview(self, dataset_id: str) -> Path:
         return self._folder(dataset_id) / "preview.png"
 
@@ -155,7 +164,7 @@ class Uploads:
         self.root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{name}.part-", dir=self.root))
         try:
-            builder = _Builder(work / "images")
+            builder = _Builder(work / "images", self.limits.megapixels)
             if zips:
                 self._unzip(zips[0], work / "entry", builder)
             else:
@@ -164,8 +173,7 @@ class Uploads:
                     builder.add(p.name, p)
             report = builder.report(name)
             atomic.write_json(work / "dataset.json", asdict(report))
-            stored = sorted(builder.folder.iterdir())[:PREVIEW_IMAGES]
-            grid(_tensor([Image.open(p) for p in stored])).save(work / "preview.png", format="PNG")
+            grid(_tensor(sorted(builder.folder.iterdir())[:PREVIEW_IMAGES])).save(work / "preview.png", format="PNG")
             atomic.fsync_dir(builder.folder)
             try:
                 os.rename(work, self.root / name)  # refuses an existing non-empty folder: nothing is replaced
@@ -213,9 +221,11 @@ class Uploads:
 class _Builder:
     """The images of one upload as they are decoded, written as numbered PNGs, with what was done to them."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, megapixels: float):
         self.folder = folder
         folder.mkdir()
+        self.megapixels = megapixels
+        self.pixels_left = megapixels * 1_000_000
         self.grey: list[bool] = []
         self.notes: Counter[str] = Counter()
         self.skipped: list[str] = []
@@ -226,9 +236,13 @@ class _Builder:
             im, grey = read_image(file, IMAGE_SIZE)
             with Image.open(file) as header:
                 self.notes.update(source_notes(header, IMAGE_SIZE))
+                self.pixels_left -= header.width * header.height
         except DataError as e:
             self.skipped.append(f"{shown}: {e}")
             return
+        if self.pixels_left < 0:
+            raise UploadError(f"the images up to {shown} add up to more than the {self.megapixels:g}-megapixel "
+                              "limit of one upload; upload fewer or smaller images")
         im.save(self.folder / f"{len(self.grey):05d}.png", format="PNG")
         self.grey.append(grey)
 
@@ -277,9 +291,12 @@ def _size(n: int) -> str:
     return f"{n:,} bytes" if n < 2**20 else f"{n / 2**20:.1f} MB"
 
 
-def _tensor(images: list[Image.Image]) -> torch.Tensor:
-    """PIL images of one size and mode as [N, C, H, W] in [0, 1]."""
-    arrays = [np.asarray(im, dtype=np.float32) / 255 for im in images]
+def _tensor(paths: list[Path]) -> torch.Tensor:
+    """Image files of one size and mode as [N, C, H, W] in [0, 1]."""
+    arrays = []
+    for p in paths:
+        with Image.open(p) as im:
+            arrays.append(np.asarray(im, dtype=np.float32) / 255)
     x = np.stack(arrays)
     return torch.from_numpy(x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2))
 

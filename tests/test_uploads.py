@@ -178,16 +178,18 @@ def test_headers_that_claim_a_huge_size_are_refused_at_the_default_limit(uploads
         uploads.prepare("huge", [z])
 
 
-def test_too_many_files_too_many_bytes_and_too_few_images(tmp_path):
+def test_too_many_files_bytes_or_pixels_and_too_few_images(tmp_path):
     z = shapes_zip(tmp_path / "s.zip", n=12)
     with pytest.raises(UploadError, match="s.zip holds 12 files, over the limit of 10 images"):
         Uploads(tmp_path / "a", Limits(files=10)).prepare("a", [z])
     with pytest.raises(UploadError, match=r"the upload is \d+,\d{3} bytes, over the 1,000 bytes limit"):
         Uploads(tmp_path / "b", Limits(upload_bytes=1000)).prepare("b", [z])
+    with pytest.raises(UploadError, match="the images up to shapes/4.png add up to more than the 0.004096-megapixel limit"):
+        Uploads(tmp_path / "d", Limits(megapixels=32 * 32 * 4 / 1e6)).prepare("d", [z])  # room for 4 images
     few = shapes_zip(tmp_path / "few.zip", n=3, **{"readme.md": b"# my pictures"})
     with pytest.raises(UploadError, match=f"3 usable image\\(s\\), fewer than the {MIN_IMAGES}.*readme.md: not an image"):
         Uploads(tmp_path / "c").prepare("c", [few])
-    for root in ("a", "b", "c"):
+    for root in ("a", "b", "c", "d"):
         assert contents(tmp_path / root) == []
 
 

@@ -21,6 +21,7 @@ from .. import plots, solver_controls
 from ..common import SLOW, Context, integer, one_of, try_load, user_errors
 from ..images import to_pil
 from ..paths import ASSETS, CLASS_NAMES, shown_test_set
+from ..uploads import OWN_IMAGES, training_images
 
 MAX_POINTS = 10_000
 MAX_SAMPLES = 1000
@@ -63,6 +64,18 @@ class LatentMaps:
             self._real[key] = (padded, labels, thumbs, source)
         return self._real[key]
 
+    def own(self, model) -> tuple:
+        """A folder-trained model's own images, with no classes: coloured by k-means cluster of the pixels."""
+        spec = model.config["data"]["dataset"]
+        if not spec.startswith("folder:"):
+            raise ValueError(f"'{OWN_IMAGES}' is for a model trained on your own images; this one was trained "
+                             f"on {spec}: pick its test set")
+        if ("own", spec) not in self._real:
+            images, labels, names = training_images(spec, MAX_POINTS)
+            thumbs = [_data_uri(im.float() / 255) for im in images]
+            self._real[("own", spec)] = (images, labels, names, thumbs, f"model's training folder ({len(names)} clusters)")
+        return self._real[("own", spec)]
+
     def compute(self, model_id: str, dataset: str, n: int, n_samples: int, seed: int, check, progress) -> dict:
         entry = self.ctx.registry.entry(model_id)
         key = (str(entry.path), (entry.path / "meta.json").stat().st_mtime, dataset, n, n_samples, seed)
@@ -74,20 +87,24 @@ class LatentMaps:
         if model.image_size != 32:
             raise ValueError(f"the latent map uses 28x28 test images padded to 32x32; this model takes "
                              f"{model.image_size}x{model.image_size} images")
-        images, labels, thumbs, source = self.real(dataset, model.crop)
+        if dataset == OWN_IMAGES:
+            images, labels, names, thumbs, source = self.own(model)
+        else:
+            images, labels, thumbs, source = self.real(dataset, model.crop)
+            names = CLASS_NAMES[dataset]
         n = min(n, len(images))
         solver = solver_controls.DEFAULT_SOLVER
         result = latent_map.latent_map(
             model, images[:n], labels[:n], num_samples=n_samples, seed=seed, solver=solver,
             steps=solver_controls.default_steps(solver), device=self.ctx.device, check=check,
             progress=lambda frac, desc: progress(frac, desc=desc))
-        names = CLASS_NAMES[dataset]
-        title = (f"UMAP of {result.space}: {n} {dataset} test images, {len(result.sample_xy)} model samples "
+        shown = "of its training images" if dataset == OWN_IMAGES else f"{dataset} test images"
+        title = (f"UMAP of {result.space}: {n} {shown}, {len(result.sample_xy)} model samples "
                  "(black x)")
         fig = plots.latent_map(result.xy, result.labels, names, thumbs[:n], result.sample_xy,
                                [_data_uri(im) for im in result.sample_images], title)
         out = {"figure": fig, "accuracy": result.accuracy, "csv": result.csv(names), "n": n, "source": source,
-               "space": result.space}
+               "space": result.space, "classes": len(names)}
         with self._lock:
             self._maps[key] = out
             while len(self._maps) > _CACHE_SIZE:
@@ -130,7 +147,7 @@ HOVER_JS = """
 def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
     maps = ctx.services.setdefault("latent_maps", LatentMaps(ctx))
     with gr.Row():
-        dataset = gr.Dropdown(list(CLASS_NAMES), value="mnist", label="Test images")
+        dataset = gr.Dropdown([*CLASS_NAMES, OWN_IMAGES], value="mnist", label="Test images")
         points = gr.Slider(200, MAX_POINTS, value=2000, step=100, label="Points", elem_id="latent-points",
                            info="5,000 ship with the app; up to 10,000 with a data folder")
         samples = gr.Slider(0, MAX_SAMPLES, value=200, step=10, label="Model samples to project",
@@ -145,13 +162,13 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
 
     @user_errors
     def run(model_id, dataset, points, samples, seed, request: gr.Request, progress=gr.Progress()):
-        one_of("test images", dataset, list(CLASS_NAMES))
+        one_of("test images", dataset, [*CLASS_NAMES, OWN_IMAGES])
         out = maps.compute(model_id, dataset, integer("points", points, 200, MAX_POINTS),
                            integer("model samples", samples, 0, MAX_SAMPLES), integer("seed", seed, 0, 2**31 - 1),
                            ctx.cancellations.checker(request), progress)
         csv = ctx.outputs.text(out["csv"], "latent-map", ".csv")
         text = (f"**Linear probe on {out['space']}: {out['accuracy']:.1%}** test accuracy (logistic regression, "
-                f"trained on 80% of the {out['n']} images, tested on the rest; chance 10%) · "
+                f"trained on 80% of the {out['n']} images, tested on the rest; {out['classes']} classes) · "
                 f"images from the {out['source']}" + (" · from the cache" if out["cached"] else ""))
         return out["figure"], text, csv
 
@@ -163,6 +180,7 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         model = try_load(ctx, model_id)
         if model is None:
             return gr.skip()
-        return shown_test_set(model.config["data"]["dataset"])
+        trained_on = model.config["data"]["dataset"]
+        return OWN_IMAGES if trained_on.startswith("folder:") else shown_test_set(trained_on)
 
     gr.on([picker.change, demo.load], default_dataset, picker, dataset, api_visibility="private")

@@ -1,14 +1,18 @@
 """Train tab: start a small run in a child process, watch its progress and loss, stop it."""
 import html
 import time
+from dataclasses import asdict
 
 import gradio as gr
+from PIL import Image
 
 from lsgm_core.data import DATASETS
 
 from .. import plots
 from ..common import Context, integer, number, one_of, user_errors
+from ..images import MAX_UPLOAD_MB
 from ..runs import MAX_STEPS, SIZES, RunManager, read_log
+from ..uploads import IMAGE_SIZE, Limits
 
 POLL_S = 2.0
 
@@ -24,11 +28,35 @@ def progress_html(st: dict) -> str:
             f'<p>{html.escape(st["message"])}</p></div>')
 
 
+UPLOAD_HELP = (f"A zip of images, or several images (PNG, JPEG, BMP, GIF, WebP, TIFF): up to {Limits.files:,} "
+               f"images, {MAX_UPLOAD_MB} MB a file, {Limits.unpacked_bytes // 2**20} MB unzipped, {Limits.megapixels:,g} "
+               "megapixels in all. Each is center-cropped "
+               f"and resized to {IMAGE_SIZE}x{IMAGE_SIZE}; the set stays grey if every image is grey, else it is RGB. "
+               "Hidden and system files, and files that are not images, are skipped and named; a zip with absolute "
+               "paths, '..' or links is refused. The data set then appears in 'Data set' below as upload:<name>.")
+
+
 def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
     runs: RunManager = ctx.services["runs"]
+    with gr.Accordion("Your own images: upload a data set", open=False, elem_id="upload"):
+        gr.Markdown(UPLOAD_HELP)
+        with gr.Row():
+            files = gr.File(file_count="multiple", file_types=["image", ".zip"], type="filepath",
+                            label="Zip or images", elem_id="upload-files")
+            with gr.Column():
+                upload_name = gr.Textbox(label="Data set name", elem_id="upload-name",
+                                         info="letters, digits, - _ .; kept in the app's own folder")
+                prepare = gr.Button("Prepare data set", elem_id="upload-prepare")
+        with gr.Row():
+            preview = gr.Image(label="Preview (the first 64 images, as stored)", type="filepath", format="png",
+                               interactive=False, elem_id="upload-preview")
+            summary = gr.Markdown(elem_id="upload-report")
+        report_json = gr.JSON(visible=False)
     with gr.Row():
         name = gr.Textbox(label="Run name", elem_id="train-name", info="letters, digits, - _ .; the run is saved as runs/<name>")
-        dataset = gr.Dropdown(list(DATASETS), value="binarized-mnist", label="Data set",
+        # custom values: an API caller may name a data set uploaded after this page was built
+        dataset = gr.Dropdown(list(DATASETS) + runs.uploads.ids(), value="binarized-mnist", label="Data set",
+                              allow_custom_value=True, elem_id="train-dataset",
                               info="stage 2 keeps the data set of its stage-1 model")
         stage = gr.Radio([("1: VAE with a N(0, I) prior", 1), ("2: VAE and SGM prior", 2)], value=1, label="Stage")
         init_from = gr.Dropdown([], label="Start from (stage 2)", elem_id="train-init", allow_custom_value=True,
@@ -59,6 +87,20 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         runs.start(name, dataset, stage, path, integer("training steps", steps, 1, MAX_STEPS),
                    one_of("network size", size, list(SIZES)), 10 ** number("log10 learning rate", log_lr, -6, -1))
         return runs.status()
+
+    @user_errors
+    def prepare_upload(paths, name):
+        report = runs.uploads.prepare(name, list(paths or []))
+        with Image.open(runs.uploads.preview(report.id)) as im:
+            shown = ctx.outputs.png(im.copy(), "upload-preview")  # served from the app's output folder
+        return shown, report.markdown(), {**asdict(report), "id": report.id}
+
+    def select_upload(report):
+        return gr.update(choices=list(DATASETS) + runs.uploads.ids(), value=report["id"])
+
+    prepare.click(prepare_upload, [files, upload_name], [preview, summary, report_json],
+                  api_name="upload_dataset", concurrency_limit=1).success(
+        select_upload, report_json, dataset, api_visibility="private", queue=False)
 
     @user_errors
     def stop_run():
@@ -94,3 +136,5 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         return gr.update(choices=choices, value=choices[0] if choices else None)
 
     demo.load(default_init, None, init_from, api_visibility="private", queue=False)
+    demo.load(lambda: gr.update(choices=list(DATASETS) + runs.uploads.ids()), None, dataset,
+              api_visibility="private", queue=False)

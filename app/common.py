@@ -25,6 +25,9 @@ log = logging.getLogger("app")
 # others' small ones; each group runs its stated number of requests at once, the rest queue.
 QUICK = {"concurrency_id": "quick", "concurrency_limit": 2}
 SLOW = {"concurrency_id": "slow", "concurrency_limit": 1}
+# Live redraws (Sample's Live grid, Explore): only the newest state matters, so the page sends at
+# most one request while one runs (always_last), and the reply skips the queue's SSE round trip.
+LIVE = {"trigger_mode": "always_last", "queue": False}
 
 
 class Cancelled(Exception):

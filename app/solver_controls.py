@@ -102,8 +102,8 @@ def solver_controls(tab: str, default_solver: str, default_log_tol: float):
     return solver, log_atol, log_rtol, steps
 
 
-def temperature_control(default: float) -> gr.Slider:
-    return gr.Slider(0, MAX_TEMPERATURE, value=default, step=0.05, label="Temperature",
+def temperature_control(default: float, elem_id: str | None = None) -> gr.Slider:
+    return gr.Slider(0, MAX_TEMPERATURE, value=default, step=0.05, label="Temperature", elem_id=elem_id,
                      info="scale of the starting noise z1; below 1 gives cleaner, less varied images")
 
 

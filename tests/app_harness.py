@@ -3,6 +3,7 @@
 Its checkpoints/ folder holds the tiny trained LSGM (the default), its stage-1 VAE, and a copy
 whose weights file is truncated (a damaged checkpoint the app must refuse without falling over).
 """
+import contextlib
 import os
 import shutil
 import signal
@@ -36,6 +37,13 @@ def app_server(tiny_checkpoints, data_dir, tmp_path_factory):
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     (ck / "DEFAULT").write_text("tiny-lsgm\n")
+    with serve(root, ck, data_dir) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve(root: Path, ck: Path, data_dir: Path):
+    """`python -m app` on a free port over the checkpoints folder `ck`, its files under `root`; stopped on exit."""
     port = free_port()
     out, err = root / "stdout.txt", root / "stderr.txt"
     env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio"), "TMPDIR": str(root / "tmp"),
@@ -55,10 +63,12 @@ def app_server(tiny_checkpoints, data_dir, tmp_path_factory):
         url = next((line.split()[2] for line in out.read_text().splitlines()
                     if line.startswith("LSGM explorer: ")), None)
         time.sleep(0.2)
-    yield SimpleNamespace(url=url, root=root, port=port, proc=proc, stderr=err,
-                          cold_start_s=time.perf_counter() - start)
-    proc.send_signal(signal.SIGINT)
     try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield SimpleNamespace(url=url, root=root, port=port, proc=proc, stderr=err,
+                              cold_start_s=time.perf_counter() - start)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -11,7 +11,7 @@ from typing import Callable
 
 from lsgm_core import latent_map as latent_analysis
 
-from . import interpolate, latent_map, sample, train, trajectory
+from . import explore, interpolate, latent_map, sample, train, trajectory
 
 
 @dataclass(frozen=True)
@@ -32,5 +32,6 @@ TABS = [
             css="#interp-strip img { image-rendering: pixelated; }\n#interp-a img, #interp-b img "
                 "{ image-rendering: pixelated; min-height: 140px; object-fit: contain; }"),
     TabSpec("latent-map", "Latent map", latent_map.build, head=latent_map.HOVER_JS, warm_up=latent_analysis.warm_up),
+    TabSpec("explore", "Explore", explore.build),
     TabSpec("train", "Train", train.build),
 ]

@@ -1,4 +1,6 @@
 """The latent-map analysis of lsgm_core, without Gradio: encoding, the linear probe, the projection."""
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lsgm_core import load_model
+from lsgm_core import load_dataset, load_model
 from lsgm_core import latent_map as lm
+from lsgm_core.tensors import crop
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS = REPO / "checkpoints"
@@ -84,3 +87,45 @@ def test_latent_map_of_a_model_places_its_samples(model, test_images):
     rows = out.csv([str(d) for d in range(10)]).splitlines()
     assert rows[0] == "kind,index,label,class,umap_x,umap_y" and len(rows) == 1 + 200 + 6
     assert rows[1].startswith(f"data,0,{labels[0]},{labels[0]},") and rows[-1].startswith("sample,5,,,")
+
+
+def test_place_puts_a_reference_point_on_itself_and_a_midpoint_between_two_clusters():
+    rng = np.random.default_rng(0)
+    left, right = rng.normal(-5, 0.3, size=(40, 6)), rng.normal(5, 0.3, size=(40, 6))
+    ref = np.concatenate([left, right]).astype(np.float32)
+    xy = np.concatenate([np.tile([[-10.0, 0.0]], (40, 1)), np.tile([[10.0, 4.0]], (40, 1))])
+    xy = (xy + rng.normal(0, 0.5, size=xy.shape)).astype(np.float32)
+    assert np.allclose(lm.place(ref, xy, ref[[3, 57]]), xy[[3, 57]], atol=1e-4)
+    middle = np.zeros((1, 6), np.float32)  # as far from one cluster as from the other
+    between = lm.place(np.concatenate([ref, -ref]), np.concatenate([xy, xy[::-1]]), middle)[0]
+    assert -3 < between[0] < 3 and 0.5 < between[1] < 3.5, between
+    near_left = lm.place(ref, xy, left[:1] + 0.1)[0]
+    assert near_left[0] < -8, near_left
+
+
+@pytest.mark.slow
+def test_the_cache_cli_writes_a_map_that_loads_places_and_is_refused_for_other_weights(tiny_checkpoints, data_dir,
+                                                                                      tmp_path, capsys):
+    folder = shutil.copytree(tiny_checkpoints["stage2"], tmp_path / "model")
+    assert lm.main(["--checkpoint", str(folder), "--data-dir", str(data_dir), "--num", "300"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["n"] == 300 and figures["dataset"] == "mnist" and 0.1 < figures["accuracy"] <= 1
+    model = load_model(folder)
+    cache = lm.load_cache(model, folder)
+    assert cache.xy.shape == (300, 2) and cache.pcs.shape[0] == 300
+    # the reference images, encoded again and placed, land on (about) their own map coordinates
+    ds = load_dataset("mnist", "test", data_dir, download=False)
+    images = torch.nn.functional.pad(crop(ds.images, ds.crop)[:300], (model.crop,) * 4)
+    assert lm.matches(cache, "mnist", images) and not lm.matches(cache, "fashion-mnist", images)
+    assert not lm.matches(cache, "mnist", images.flip(0))
+    z = lm.encode(model, images[:20], seed=figures["seed"])
+    spread = cache.xy.std(0).mean()
+    assert np.abs(cache.placed(z) - cache.xy[:20]).max() < 0.05 * spread
+    result = lm.cached_map(model, cache, 200, num_samples=5, seed=0, solver="fast", steps=2)
+    assert result.xy.shape == (200, 2) and result.sample_xy.shape == (5, 2) and result.accuracy == figures["accuracy"]
+    # other encoder weights: the cache is refused
+    with torch.no_grad():
+        next(model.encoder.parameters()).add_(0.01)
+    assert lm.load_cache(model, folder) is None
+    assert lm.main(["--checkpoint", str(folder), "--data-dir", str(data_dir), "--num", "5"]) == 2
+    assert "--num must be at least" in capsys.readouterr().err

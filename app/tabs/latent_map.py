@@ -93,11 +93,18 @@ class LatentMaps:
             images, labels, thumbs, source = self.real(dataset, model.crop)
             names = CLASS_NAMES[dataset]
         n = min(n, len(images))
-        solver = solver_controls.DEFAULT_SOLVER
-        result = latent_map.latent_map(
-            model, images[:n], labels[:n], num_samples=n_samples, seed=seed, solver=solver,
-            steps=solver_controls.default_steps(solver), device=self.ctx.device, check=check,
-            progress=lambda frac, desc: progress(frac, desc=desc))
+        # a model's distilled student draws the samples in one evaluation, so that a shipped map opens at once
+        solver = "distilled" if getattr(model, "student", None) is not None else solver_controls.DEFAULT_SOLVER
+        steps = solver_controls.default_steps(solver)
+        cache = latent_map.load_cache(model, entry.path)
+        if cache is not None and n <= len(cache.labels) and latent_map.matches(cache, dataset, images):
+            result = latent_map.cached_map(model, cache, n, num_samples=n_samples, seed=seed, solver=solver,
+                                           steps=steps, device=self.ctx.device, check=check)
+            source += f", map shipped with the model (its probe: all {len(cache.labels)} of its images)"
+        else:
+            result = latent_map.latent_map(
+                model, images[:n], labels[:n], num_samples=n_samples, seed=seed, solver=solver, steps=steps,
+                device=self.ctx.device, check=check, progress=lambda frac, desc: progress(frac, desc=desc))
         shown = "of its training images" if dataset == OWN_IMAGES else f"{dataset} test images"
         title = (f"UMAP of {result.space}: {n} {shown}, {len(result.sample_xy)} model samples "
                  "(black x)")

@@ -3,13 +3,15 @@
     python -m lsgm_core.distill --checkpoint C --out D [--pairs 20000] [--teacher-steps 40]
                                 [--train-steps 3000] [--batch-size 256] [--channels N] [--lr 2e-4] [--seed 0]
                                 [--decoder-channels 32,64 [--decoder-res-blocks 1] [--decoder-steps N]]
-                                [--pairs-cache FILE]
+                                [--own-path F] [--pairs-cache FILE]
 
 1. Teacher pairs: --pairs draws z1 ~ N(0, I) (seeded) and the ODE's end point z0 of each, by the
    fast solver with --teacher-steps steps at the model's own alpha.
 2. Regression (lsgm_core.student): at the times of the 4-step log-SNR grid, which holds those of 1
    and 2 steps, the student sees z_t = m_t z0 + sigma_t eps with eps = (z1 - m_1 z0) / sigma_1:
-   the points its own deterministic moves visit when it is exact. It learns z0 by mean squared
+   the points its own deterministic moves visit when it is exact. With --own-path F a fraction F
+   of the batches instead sees points of the student's own 2- and 4-step paths (its moves made by
+   itself), so that the later steps learn to correct the earlier ones' errors. It learns z0 by mean squared
    error over the active channels, starting from the teacher's U-Net (output layer zeroed).
    With --decoder-channels the student gets a decoder of its own, the VAE decoder's architecture at
    those widths, trained to give the model's mean images from the teacher's z0 (mean squared error
@@ -42,7 +44,7 @@ from .device import pick_device
 from .ema import EMA
 from .nets import Decoder
 from .solvers import ODE_EPS, sample, time_grid
-from .student import STEPS, Student
+from .student import STEPS, Student, move
 from .tensors import per_channel, per_sample, seeded_generator
 
 HELD_OUT = 1000  # pairs kept for the student's error, not trained on
@@ -133,9 +135,27 @@ def _fit(module: torch.nn.Module, batch_loss, train_steps: int, lr: float, ema: 
     return module.eval()
 
 
+def own_path_inputs(student: Student, z1: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A point of the student's own path from z1 and its time [B]: k of its step counts above 1 and
+    an inner time of the k-step grid drawn at random, the moves up to it made by the student itself
+    (no gradient). Where the student is exact these are the points regression_inputs gives."""
+    counts = [k for k in student.steps if k > 1]
+    k = counts[torch.randint(len(counts), (1,), generator=gen).item()]
+    grid = time_grid(student.sde, k, ODE_EPS)[0].tolist()
+    j = 1 + torch.randint(k - 1, (1,), generator=gen).item()
+    z = z1
+    with torch.no_grad():
+        for i in range(j):
+            _, z = move(student.sde, z, student(z, grid[i]), grid[i], grid[i + 1])
+    return z, torch.full((len(z1),), grid[j], dtype=z1.dtype, device=z1.device)
+
+
 def distill(student: Student, pairs: tuple[torch.Tensor, torch.Tensor], train_steps: int, batch_size: int = 256,
-            lr: float = 2e-4, ema: float = 0.999, seed: int = 0, progress: bool = False) -> Student:
-    """Train `student` on (z1, z0) pairs, on its device; returns it with its EMA weights, in eval mode."""
+            lr: float = 2e-4, ema: float = 0.999, seed: int = 0, own_path: float = 0.0,
+            progress: bool = False) -> Student:
+    """Train `student` on (z1, z0) pairs, on its device; returns it with its EMA weights, in eval mode.
+    A fraction `own_path` of the batches sees points of its own multi-step paths (own_path_inputs)
+    instead of the exact ones, so that later steps learn to correct the earlier steps' errors."""
     z1, z0 = pairs
     device = next(student.parameters()).device
     times = time_grid(student.sde, max(STEPS), ODE_EPS)[0][:-1].float()  # 1 and the 4-step grid's inner times
@@ -144,9 +164,13 @@ def distill(student: Student, pairs: tuple[torch.Tensor, torch.Tensor], train_st
 
     def batch_loss(gen):
         idx = torch.randint(len(z1), (batch_size,), generator=gen)
-        t = times[torch.randint(len(times), (batch_size,), generator=gen)]
-        a, b, t = z1[idx].to(device), z0[idx].to(device), t.to(device)
-        return ((student(regression_inputs(student, a, b, t), t) - b).pow(2) * mask).sum() / (batch_size * dims)
+        a, b = z1[idx].to(device), z0[idx].to(device)
+        if own_path and torch.rand((), generator=gen).item() < own_path:
+            zt, t = own_path_inputs(student, a, gen)
+        else:
+            t = times[torch.randint(len(times), (batch_size,), generator=gen)].to(device)
+            zt = regression_inputs(student, a, b, t)
+        return ((student(zt, t) - b).pow(2) * mask).sum() / (batch_size * dims)
 
     return _fit(student, batch_loss, train_steps, lr, ema, seed, "distilling", progress)
 
@@ -195,6 +219,8 @@ def main(argv=None) -> int:
                     "weights it then starts from; narrower samples faster and ships smaller)")
     ap.add_argument("--lr", type=float, default=2e-4, help="Adam's learning rate (default 2e-4)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the pairs and the batches (default 0)")
+    ap.add_argument("--own-path", type=float, default=0.0, help="the fraction of batches whose inputs are points "
+                    "of the student's own 2- and 4-step paths rather than the exact ones (default 0)")
     ap.add_argument("--decoder-channels", help="widths of a decoder of the student's own, one per "
                     "resolution level as the model's (e.g. 32,64; default: the student uses the model's decoder)")
     ap.add_argument("--decoder-res-blocks", type=int, default=1, help="residual blocks per level of that decoder "
@@ -231,6 +257,8 @@ def run(args) -> dict:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.pairs <= HELD_OUT:
         raise ValueError(f"--pairs must exceed the {HELD_OUT} held-out pairs, got {args.pairs}")
+    if not 0.0 <= args.own_path <= 1.0:
+        raise ValueError(f"--own-path is a fraction of the batches, from 0 to 1; got {args.own_path}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     model = load_model(args.checkpoint, pick_device(args.device))
@@ -249,10 +277,10 @@ def run(args) -> dict:
     train, held = (z1[HELD_OUT:], z0[HELD_OUT:]), (z1[:HELD_OUT], z0[:HELD_OUT])
     start = time.perf_counter()
     model.student = distill(make_student(model, train[1], args.channels), train, args.train_steps, args.batch_size, args.lr,
-                            seed=args.seed, progress=progress)
+                            seed=args.seed, own_path=args.own_path, progress=progress)
     train_seconds = time.perf_counter() - start
     figures = {"student_rel_rmse": student_error(model, *held), "pairs": args.pairs,
-               "teacher_steps": args.teacher_steps, "train_steps": args.train_steps,
+               "teacher_steps": args.teacher_steps, "train_steps": args.train_steps, "own_path": args.own_path,
                "teacher_seconds": round(teacher_seconds, 1), "train_seconds": round(train_seconds, 1)}
     config = copy.deepcopy(model.config)
     config["student"] = {"sde": config["model"]["prior"]["sde"],

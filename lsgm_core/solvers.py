@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torchdiffeq import odeint
 
-from .student import STEPS as STUDENT_STEPS
+from .student import STEPS as STUDENT_STEPS, move as student_move
 from .tensors import per_channel, per_sample, seeded_generator
 
 ODE_EPS = 1e-5
@@ -414,12 +414,10 @@ def distilled(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS
     for i in range(steps):
         s = t[i].item()
         z0_hat = field.student_z0(z, s)
-        sigma, m = field.coef(prior_sde.sigma, s, z), field.coef(prior_sde.mean_coef, s, z)
-        eps = (z - m * z0_hat) / sigma
+        eps, z_next = student_move(prior_sde, z, z0_hat, s, t[i + 1].item() if i < steps - 1 else None)
         if observer is not None:
             observer.state(s, z, eps)
-        z = z0_hat if i == steps - 1 else (field.coef(prior_sde.mean_coef, t[i + 1].item(), z) * z0_hat
-                                           + field.coef(prior_sde.sigma, t[i + 1].item(), z) * eps)
+        z = z_next
     _report_grid(observer, t, z)
     return z
 

@@ -34,6 +34,20 @@ from .tensors import per_channel, per_sample
 STEPS = (1, 2, 4)
 
 
+def coefficient(fn, t, z: torch.Tensor) -> torch.Tensor:
+    """fn(t) for each sample of z (t a number or [B]), shaped to broadcast over z."""
+    return per_sample(fn(torch.as_tensor(t, dtype=z.dtype, device=z.device).expand(z.shape[0])), z)
+
+
+def move(sde, z: torch.Tensor, z0_hat: torch.Tensor, s, t) -> tuple[torch.Tensor, torch.Tensor]:
+    """eps_hat = (z_s - m_s z0_hat) / sigma_s, and the deterministic move along it to time t,
+    z_t = m_t z0_hat + sigma_t eps_hat (DDIM's); t None: the end, z0_hat itself."""
+    eps = (z - coefficient(sde.mean_coef, s, z) * z0_hat) / coefficient(sde.sigma, s, z)
+    if t is None:
+        return eps, z0_hat
+    return eps, coefficient(sde.mean_coef, t, z) * z0_hat + coefficient(sde.sigma, t, z) * eps
+
+
 class Student(nn.Module):
     def __init__(self, shape, sde: dict, net: dict, sigma_data: float, steps=STEPS, decoder: dict | None = None):
         super().__init__()

@@ -61,7 +61,7 @@ class GaussianStudent(nn.Module):
 
     def __init__(self, prior, t_end: float):
         super().__init__()
-        self.prior = prior
+        self.prior, self.sde = prior, prior.sde
         self.r = (prior.s(t_end) / prior.s(1.0)).item()
 
     def forward(self, z, t):

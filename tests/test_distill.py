@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from solver_stubs import SDES, GaussianPrior, Wrap
+from solver_stubs import SDES, GaussianPrior, GaussianStudent, Wrap
 
 from lsgm_core import bench, distill, load_model, sample
 from lsgm_core.solvers import ODE_EPS, sample as draw
@@ -13,8 +13,21 @@ from lsgm_core.student import STEPS, Student
 torch.set_num_threads(1)
 
 
+def test_an_exact_students_own_path_visits_the_exact_regression_inputs():
+    prior = GaussianPrior(SDES["vpsde"], c=0.3)
+    student = GaussianStudent(prior, ODE_EPS)
+    z1 = torch.randn(64, *prior.shape, generator=torch.Generator().manual_seed(0))
+    gen, seen = torch.Generator().manual_seed(1), set()
+    for _ in range(12):
+        zt, t = distill.own_path_inputs(student, z1, gen)
+        seen.add(round(t[0].item(), 6))
+        assert torch.allclose(zt, distill.regression_inputs(student, z1, student.r * z1, t), atol=1e-5)
+    assert len(seen) == 3  # the inner times of the 2- and 4-step grids (the 2-step one is among the 4-step ones)
+
+
 @pytest.mark.slow
-def test_the_student_learns_the_gaussian_flow_in_one_two_and_four_steps():
+@pytest.mark.parametrize("own_path", [0.0, 0.5])
+def test_the_student_learns_the_gaussian_flow_in_one_two_and_four_steps(own_path):
     """Data N(0, 0.3^2 I): the teacher's map is z0 = z1 s_end / s_1 (solver_stubs). An untrained
     student returns about 0 from z1 (its Gaussian posterior mean at m_1 = 0.0066); trained on 4,000
     exact pairs it reproduces the map at every step count, on held-out z1 (more steps start nearer:
@@ -34,7 +47,8 @@ def test_the_student_learns_the_gaussian_flow_in_one_two_and_four_steps():
                     / z0.std()).item() for k in STEPS}
 
     before = errors()
-    distill.distill(student, (z1[500:], z0[500:]), train_steps=800, batch_size=128, lr=3e-3, ema=0.95)
+    distill.distill(student, (z1[500:], z0[500:]), train_steps=800, batch_size=128, lr=3e-3, ema=0.95,
+                    own_path=own_path)
     after = errors()
     assert before[1] > 0.9 and all(e > 0.3 for e in before.values()), before
     assert all(e < 0.1 for e in after.values()), after  # measured 0.023, 0.014, 0.066

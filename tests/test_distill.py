@@ -178,3 +178,17 @@ def test_distill_refuses_a_decoder_for_a_pixel_model(pixel_checkpoint, tmp_path,
     code = distill.main([str(a) for a in ["--checkpoint", pixel_checkpoint, "--out", tmp_path / "x",
                                           "--decoder-channels", "8,16", "--no-progress"]])
     assert code == 2 and "no decoder" in capsys.readouterr().err
+
+
+def test_the_student_ships_in_float16_and_loads_back_as_it_was_measured(distilled):
+    """Its parameters are stored in half the bytes; the loaded model samples exactly as the rounded
+    student whose figures the metrics give (buffers such as sigma_data stay float32)."""
+    from safetensors import safe_open
+    with safe_open(str(distilled / "model.safetensors"), "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    student = {k: d for k, d in dtypes.items() if k.startswith("student.")}
+    assert student["student.net.conv_out.weight"] == "F16" and student["student.sigma_data"] == "F32"
+    assert all(d == "F32" for k, d in dtypes.items() if not k.startswith("student."))
+    model = load_model(distilled)
+    assert all(p.dtype == torch.float32 for p in model.student.parameters())
+    assert 0 <= model.meta["metrics"]["distillation"]["float16_images_max_abs"] < 0.05

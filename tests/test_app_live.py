@@ -17,6 +17,7 @@ from app_harness import serve
 from PIL import Image
 from test_distill import distilled  # noqa: F401  (the tiny LSGM with a small student)
 
+from app import live_timing
 from app.images import display_scale, grid, to_pil
 from app.tabs import explore
 from lsgm_core import load_model
@@ -93,18 +94,12 @@ def test_explore_endpoint_moves_z1_along_the_fitted_directions(client, distilled
 
 @pytest.fixture(scope="module")
 def page(live_server):
-    from test_app_browser import ARGS, CHROMIUM, WAIT_MS
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set LSGM_TEST_CHROMIUM)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 1400})
-        pg.set_default_timeout(WAIT_MS)
-        pg.goto(live_server.url)
+    pytest.importorskip("playwright.sync_api")
+    if not Path(live_timing.CHROMIUM).exists():
+        pytest.skip(f"no chromium at {live_timing.CHROMIUM} (apt-get install chromium, or set LSGM_TEST_CHROMIUM)")
+    with live_timing.browser_page(live_server.url) as pg:
         pg.wait_for_selector("#model-info :text('tiny-student')")
         yield pg
-        browser.close()
 
 
 def endpoint_id(url: str, api_name: str) -> int:
@@ -131,45 +126,15 @@ def watch_requests(pg, fn_index: int) -> list[dict]:
     return seen
 
 
-# Sets window.__shown to a promise of the ms from now to the moment an <img> under `sel` shows with
-# attribute `attr` at a value other than the one it has now, decoded (on the page, ready to paint).
-TIME_TO_NEW = """([sel, attr]) => { window.__shown = new Promise(done => {
-    const t0 = performance.now(), old = document.querySelector(sel + ' img')?.getAttribute(attr);
-    const check = () => { const im = document.querySelector(sel + ' img');
-        if (im && im.getAttribute(attr) !== old) { obs.disconnect(); im.decode().then(() => done(performance.now() - t0)); } };
-    const obs = new MutationObserver(check);
-    obs.observe(document.querySelector(sel), {subtree: true, childList: true, attributes: true});
-}); }"""
-
-
-def click_track(pg, elem_id: str, fraction: float) -> None:
-    box = pg.locator(f"#{elem_id} input[type=range]").bounding_box()
-    pg.mouse.click(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
-
-
-def release_latencies_ms(pg, slider: str, attr: str, positions) -> list[float]:
-    """For each position: click a Sample slider's track there (press and release), and time until the
-    live grid for the new value (its data attribute `attr`) is on the page."""
-    out = []
-    for fraction in positions:
-        pg.evaluate(TIME_TO_NEW, ["#sample-live-grid", attr])
-        click_track(pg, slider, fraction)
-        out.append(pg.evaluate("window.__shown"))
-    return out
-
-
-# temperature keeps the batch's shape: what most drags do (a new number of samples first pays for
-# kernels of a new shape)
-TIMED = ("sample-temperature", "data-temperature", [0.1, 0.3, 0.5, 0.2, 0.4, 0.6, 0.15, 0.35, 0.55])
-
-
 @pytest.mark.browser
 def test_live_grid_follows_a_slider_release_within_the_goal(page):
     from test_app_browser import shot
     # a model with a student opens on the distilled solver with Live on, and draws at once
     page.wait_for_selector("#sample-live input:checked")
     page.wait_for_selector("#sample-live-grid img[data-num='16']")
-    times = release_latencies_ms(page, *TIMED)
+    # temperature keeps the batch's shape, as most drags do (a new number of samples first pays for
+    # kernels of a new shape: app.bench times that too)
+    times = live_timing.release_latencies_ms(page, "sample-temperature", "sample-live-grid", "data-temperature")
     value = float(page.locator("#sample-temperature input[type=range]").input_value())
     assert float(page.locator("#sample-live-grid img").get_attribute("data-temperature")) == value
     shot(page, "sample-live")
@@ -206,9 +171,7 @@ def test_explore_tab_drag_reset_and_random_start(page):
     page.wait_for_selector("#explore-info :text('principal direction')")
     page.wait_for_selector("#explore-view img[data-coords='0,0,0,0,0,0']")
     origin = page.locator("#explore-view img").get_attribute("src")
-    page.evaluate(TIME_TO_NEW, ["#explore-view", "data-coords"])
-    click_track(page, "explore-d1", 0.9)
-    ms = page.evaluate("window.__shown")
+    ms = live_timing.release_latencies_ms(page, "explore-d1", "explore-view", "data-coords", [0.9])[0]
     moved = page.locator("#explore-view img")
     assert moved.get_attribute("data-coords").split(",")[0] not in ("0", "")
     assert moved.get_attribute("src") != origin

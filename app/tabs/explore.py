@@ -15,7 +15,7 @@ from lsgm_core import solvers
 from lsgm_core.directions import Directions, principal_directions
 from lsgm_core.tensors import seeded_generator
 
-from ..common import LIVE, QUICK, Context, integer, try_load, user_errors
+from ..common import LIVE, QUICK, Context, integer, number, try_load, user_errors
 from ..images import data_uri, display_scale, to_pil
 from ..solver_controls import is_mixed
 
@@ -110,7 +110,8 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
     @user_errors
     def show(model_id, seed_value, *coords):
         s = integer("seed", seed_value, 0, 2**31 - 1)
-        c = [float(v) for v in coords]  # each slider's range is checked by gradio before this runs
+        # gradio checks each slider's range but lets NaN through, which would decode to garbage
+        c = [number(f"direction {k + 1}", v, -RANGE, RANGE) for k, v in enumerate(coords)]
         model = ctx.registry.load(model_id)
         solver, options = sampler(model)
         with torch.inference_mode():

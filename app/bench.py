@@ -15,18 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from . import live_timing
-from .paths import CHECKPOINTS, ROOT
+from .launched import launched_app
+from .paths import CHECKPOINTS
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -40,58 +37,30 @@ def bench_app(args) -> dict:
 
     from .tabs import sample as sample_tab
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "app", "--no-browser", "--port", str(port), "--device", args.device]
-    if args.checkpoint:
-        cmd += ["--checkpoint", args.checkpoint]
-    url = f"http://127.0.0.1:{port}/"
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": tmp,
-               "PYTHONPATH": str(ROOT)}
-        log = Path(tmp) / "server.log"  # a file, not a pipe: a full pipe would stall the server
-        start = time.perf_counter()
-        with open(log, "wb") as err:
-            server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            while True:
-                if server.poll() is not None:
-                    raise ValueError(f"the app exited: {log.read_text(errors='replace')[-2000:]}")
-                try:
-                    with urllib.request.urlopen(url, timeout=5) as r:
-                        if r.status == 200 and r.read():
-                            break
-                except OSError:
-                    time.sleep(0.05)
-            cold = time.perf_counter() - start
-            cold_cpu = _cpu_seconds(server.pid)
-            client = Client(url, verbose=False, analytics_enabled=False, download_files=tmp)
-            model = client.predict(api_name="/models")["default"]
-            if model is None:
-                raise ValueError(f"no model to serve: put one in {CHECKPOINTS} or pass --checkpoint")
-            # maps first: the first map of a size waits for UMAP's compilation (the app's warm-up
-            # thread), the second (a new seed, so not from the cache) is what a user gets from then
-            # on; the clicks after it are not slowed by that compilation either
-            client.predict(model, "mnist", args.map_points, 200, 0, api_name="/latent_map")
+    app_args = ["--device", args.device] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+    with tempfile.TemporaryDirectory() as tmp, launched_app(app_args, Path(tmp)) as server:
+        url, cold = server.url, server.cold_start_s
+        cold_cpu = _cpu_seconds(server.proc.pid)
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=tmp)
+        model = client.predict(api_name="/models")["default"]
+        if model is None:
+            raise ValueError(f"no model to serve: put one in {CHECKPOINTS} or pass --checkpoint")
+        # maps first: the first map of a size waits for UMAP's compilation (the app's warm-up
+        # thread), the second (a new seed, so not from the cache) is what a user gets from then
+        # on; the clicks after it are not slowed by that compilation either
+        client.predict(model, "mnist", args.map_points, 200, 0, api_name="/latent_map")
+        t = time.perf_counter()
+        client.predict(model, "mnist", args.map_points, 200, 1, api_name="/latent_map")
+        latent = time.perf_counter() - t
+        defaults = (model, *sample_tab.DEFAULTS.values())  # the Sample tab as it opens
+        client.predict(*defaults, api_name="/sample")
+        clicks, reported = [], []
+        for _ in range(args.clicks):
             t = time.perf_counter()
-            client.predict(model, "mnist", args.map_points, 200, 1, api_name="/latent_map")
-            latent = time.perf_counter() - t
-            defaults = (model, *sample_tab.DEFAULTS.values())  # the Sample tab as it opens
-            client.predict(*defaults, api_name="/sample")
-            clicks, reported = [], []
-            for _ in range(args.clicks):
-                t = time.perf_counter()
-                stats = client.predict(*defaults, api_name="/sample")[2]
-                clicks.append(time.perf_counter() - t)
-                reported.append(float(stats.split("**")[-2].split()[0]))  # "**0.41 s**": the solver's own time
-            live = live_timing.live_figures(client, url, model)
-        finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stats = client.predict(*defaults, api_name="/sample")[2]
+            clicks.append(time.perf_counter() - t)
+            reported.append(float(stats.split("**")[-2].split()[0]))  # "**0.41 s**": the solver's own time
+        live = live_timing.live_figures(client, url, model)
     return {"model": model, "cold_start_to_first_page_s": round(cold, 2), "cold_start_server_cpu_s": round(cold_cpu, 2),
             "sample_click_default_s": round(statistics.median(clicks), 3),
             "sample_click_solver_s": round(statistics.median(reported), 3), "sample_clicks": args.clicks,

@@ -43,8 +43,13 @@ def launched_app(app_args: list[str], folder: Path):
                 time.sleep(0.05)
         yield SimpleNamespace(url=url, proc=server, log=log, cold_start_s=time.perf_counter() - start)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server, 30)
+
+
+def stop(server: subprocess.Popen, grace_s: float) -> None:
+    """Ctrl-C's signal, so the app shuts down as a user's would; killed after grace_s."""
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        server.kill()

@@ -6,7 +6,6 @@ whose weights file is truncated (a damaged checkpoint the app must refuse withou
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from app.launched import stop
 
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 600  # a timeout, not a wait: on a shared, busy machine imports alone can take minutes
@@ -67,8 +68,4 @@ def serve(root: Path, ck: Path, data_dir: Path):
         yield SimpleNamespace(url=url, root=root, port=port, proc=proc, stderr=err,
                               cold_start_s=time.perf_counter() - start)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 60)

@@ -90,6 +90,19 @@ def display_scale(height: int, target: int = 84) -> int:
     return max(1, math.ceil(target / height))
 
 
+def _tile_origin(index: int, ncol: int, h: int, w: int, pad: int) -> tuple[int, int]:
+    """(left, top) of tile `index` in grid()'s canvas before it is enlarged."""
+    r, k = divmod(index, ncol)
+    return pad + k * (w + pad), pad + r * (h + pad)
+
+
+def tile_box(index: int, ncol: int, h: int, w: int, pad: int = 2) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of tile `index` of h x w pixels in grid()'s image, in its (enlarged) pixels."""
+    scale = display_scale(h)
+    left, top = (scale * v for v in _tile_origin(index, ncol, h, w, pad))
+    return left, top, left + scale * w, top + scale * h
+
+
 def grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> Image.Image:
     """Images [N, C, H, W] in [0, 1] tiled row by row on a grey background, enlarged for display."""
     n, c, h, w = images.shape
@@ -97,10 +110,32 @@ def grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> Image.I
     nrow = math.ceil(n / ncol)
     canvas = torch.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), 0.5)
     for i, im in enumerate(images.detach().cpu()):
-        r, k = divmod(i, ncol)
-        top, left = pad + r * (h + pad), pad + k * (w + pad)
+        left, top = _tile_origin(i, ncol, h, w, pad)
         canvas[:, top:top + h, left:left + w] = im
     return to_pil(canvas, display_scale(h))
+
+
+LABEL_MARGIN = (64, 20)  # (left, top) pixels that labelled_grid adds for its row and column labels
+
+
+def labelled_grid(images: torch.Tensor, ncol: int, row_labels: dict[int, str], col_labels: list[str]) -> Image.Image:
+    """grid(images, ncol) on a white margin: `row_labels` {row: text} at the left of those rows,
+    `col_labels` above the columns. Tile i lies at tile_box(i, ...) moved by LABEL_MARGIN."""
+    from PIL import ImageDraw, ImageFont
+
+    body = grid(images, ncol)
+    left, top = LABEL_MARGIN
+    out = Image.new(body.mode, (body.width + left, body.height + top), "white")
+    out.paste(body, (left, top))
+    draw, font = ImageDraw.Draw(out), ImageFont.load_default(12)
+    h, w = images.shape[-2:]
+    for k, text in enumerate(col_labels):
+        x0, _, x1, _ = tile_box(k, ncol, h, w)
+        draw.text((left + (x0 + x1) / 2, top / 2), text, fill="black", font=font, anchor="mm")
+    for r, text in row_labels.items():
+        _, y0, _, y1 = tile_box(r * ncol, ncol, h, w)
+        draw.text((4, top + (y0 + y1) / 2), text, fill="black", font=font, anchor="lm")
+    return out
 
 
 def data_uri(image: Image.Image) -> str:

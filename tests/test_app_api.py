@@ -151,7 +151,7 @@ def test_damaged_checkpoint_leaves_the_app_working(client):
 
 
 def test_trajectory_frames_paths_steps_and_gif(client):
-    hat, noisy, paths, sizes, gif, gif_file, stats = client.predict(
+    hat, noisy, paths, sizes, gif, gif_file, stats, _ = client.predict(
         MODEL, 2, 4, 0, "ode", -3, -3, 20, api_name="/trajectory")
     assert Image.open(hat).size == Image.open(noisy).size
     animation = Image.open(gif)

@@ -63,7 +63,7 @@ def test_every_tab_works_on_a_colour_model(client, colour_model, app_server, tmp
     grid, _, stats = client.predict(colour_model, 9, 0, 1.0, "fast", -5, -5, 5, 1.0, api_name="/sample")
     assert "NFE 5" in stats and Image.open(grid).mode == "RGB" and colourful(Image.open(grid)) > 10
 
-    hat, noisy, _, _, gif, _, _ = client.predict(colour_model, 2, 4, 0, "fast", -3, -3, 5, api_name="/trajectory")
+    hat, noisy, _, _, gif, _, _, _ = client.predict(colour_model, 2, 4, 0, "fast", -3, -3, 5, api_name="/trajectory")
     assert Image.open(hat).mode == "RGB" and colourful(Image.open(hat)) > 10
     with Image.open(gif) as anim:
         assert anim.n_frames >= 3

@@ -1,16 +1,46 @@
-"""Trajectory tab: one reverse ODE or SDE run, as decoded frames over time, latent paths and step sizes."""
+"""Trajectory tab: one reverse ODE or SDE run, as decoded frames over time, latent paths and step sizes;
+beside it, for a model with a distilled student, the student's 1-, 2- and 4-step paths from the same z1."""
 import gradio as gr
 import torch
+from PIL import Image
 
 from lsgm_core import solvers
 
 from .. import plots
 from ..common import SLOW, Context, integer, user_errors
-from ..images import grid
+from ..images import grid, labelled_grid
 from ..solver_controls import progress_callback, solver_args, solver_controls
 
 MAX_PATHS = 8
 MAX_FRAMES = 20
+NO_STUDENT = "no distilled student to show beside it (python -m lsgm_core.distill makes one)"
+
+
+def student_paths(model, z1: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The student's path from z1 [N, ...] at each of its step counts k: (k, its grid times [k + 1],
+    the decoded z_t there [k + 1, N, C, H, W], the last being the sample, and z0 [N, ...])."""
+    out = []
+    for k in model.student.steps:
+        times = solvers.time_grid(model.prior.sde, k)[0].tolist()
+        result = solvers.sample(model, len(z1), "distilled", steps=k, z1=z1, record_times=times)
+        zt = result.trajectory.zt[:-1]
+        # the last state is the sample itself: its image as sample() gives it, not a second decode
+        states = model.decode_images(zt.flatten(0, 1), student=True).unflatten(0, zt.shape[:2])
+        out.append((k, result.trajectory.times, torch.cat([states, result.images[None]]), result.z0))
+    return out
+
+
+def student_picture(paths) -> Image.Image:
+    """Rows: the step counts (one row per sample within each), columns: the union of their grid
+    times (the grids nest), blank where a path has no state at that time."""
+    columns = sorted({round(t, 6) for _, times, _, _ in paths for t in times.tolist()}, reverse=True)
+    n, (c, h, w) = paths[0][2].shape[1], paths[0][2].shape[2:]
+    tiles = torch.full((len(paths), n, len(columns), c, h, w), 0.5)  # the grid's own grey: an empty cell
+    for r, (_, times, frames, _) in enumerate(paths):
+        for j, t in enumerate(times.tolist()):
+            tiles[r, :, columns.index(round(t, 6))] = frames[j]
+    labels = {r * n: f"{k} step{'s' * (k > 1)}" for r, (k, _, _, _) in enumerate(paths)}
+    return labelled_grid(tiles.flatten(0, 2), len(columns), labels, [f"t={t:.3g}" for t in columns])
 
 
 def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
@@ -31,6 +61,9 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
     with gr.Row():
         paths = gr.Plot(label="Latent paths (PCA)", elem_id="trajectory-paths")
         sizes = gr.Plot(label="Solver step sizes", elem_id="trajectory-steps")
+    student = gr.Image(label="Distilled student from the same z1 (rows: 1, 2 and 4 steps, a row per sample; "
+                             "columns: its grid times, decoded z_t; the last, its samples)", type="filepath",
+                       format="png", interactive=False, visible=False, elem_id="trajectory-student")
     with gr.Row():
         gif = gr.Image(label="Animation: z_t (top) and z0_hat (bottom) over time", type="filepath",
                        interactive=False)
@@ -51,6 +84,8 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
             t_ = len(traj.times)  # fixed-step solvers record on their own grid: maybe fewer frames
             decode = lambda z: model.decode_images(z.flatten(0, 1)).unflatten(0, (t_, n))  # noqa: E731
             hats, zts = decode(traj.z0_hat), decode(traj.zt)
+            # the record starts at t = 1 (Trajectory): its first state is this run's z1
+            walks = student_paths(model, traj.zt[0]) if getattr(model, "student", None) is not None else None
         # rows: samples, columns: time
         by_sample = lambda ims: ims.transpose(0, 1).flatten(0, 1)  # noqa: E731
         hat_path = ctx.outputs.png(grid(by_sample(hats), ncol=t_), "trajectory")
@@ -62,8 +97,17 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         text = (f"**{n} paths** · solver **{solver}** · **{len(traj.step_sizes)} steps** · "
                 f"**NFE {result.nfe}** · **{result.seconds:.2f} s** · frames at t = "
                 + ", ".join(f"{t:.3g}" for t in times))
-        return hat_path, noisy_path, fig_paths, fig_sizes, gif_path, gif_path, text
+        if walks is None:
+            return hat_path, noisy_path, fig_paths, fig_sizes, gif_path, gif_path, text + f"\n\n{NO_STUDENT}", \
+                gr.update(value=None, visible=False)
+        # relative RMS: how far each student's z0 lies from this run's, in units of its spread
+        gaps = [((z0 - result.z0).pow(2).mean().sqrt() / result.z0.std()).item() for _, _, _, z0 in walks]
+        text += ("\n\n**Distilled student** from the same z1, relative RMS of its z0 from this run's: "
+                 + " · ".join(f"{k} step{'s' * (k > 1)} **{g:.3f}**" for (k, _, _, _), g in zip(walks, gaps)))
+        student_path = ctx.outputs.png(student_picture(walks), "trajectory-student")
+        return (hat_path, noisy_path, fig_paths, fig_sizes, gif_path, gif_path, text,
+                gr.update(value=student_path, visible=True))
 
     event = go.click(run, [picker, num, frames, seed, solver, log_atol, log_rtol, steps],
-                     [hat, noisy, paths, sizes, gif, download, stats], api_name="trajectory", **SLOW)
+                     [hat, noisy, paths, sizes, gif, download, stats, student], api_name="trajectory", **SLOW)
     stop.click(ctx.cancellations.request, None, None, cancels=[event], api_visibility="private", queue=False)

@@ -7,6 +7,7 @@ noise (1,024 dimensions), whose fit through the pixel U-Net took minutes on a 2-
 """
 import random
 import threading
+import weakref
 
 import gradio as gr
 import torch
@@ -15,7 +16,7 @@ from lsgm_core import solvers
 from lsgm_core.directions import Directions, principal_directions
 from lsgm_core.tensors import seeded_generator
 
-from ..common import LIVE, QUICK, Context, integer, number, try_load, user_errors
+from ..common import LIVE, Context, integer, number, try_load, user_errors
 from ..images import data_uri, display_scale, to_pil
 from ..solver_controls import is_mixed
 
@@ -25,6 +26,7 @@ DRAWS_SEED = 0
 FAST_STEPS = 4  # the fast solver's steps where there is no student: a few, to follow a drag
 RANGE = 3.0  # z1's coordinate along a unit direction is N(0, 1): +-3 covers nearly all of it
 VIEW_PIXELS = 224  # the sample's size on the page
+FIT = {"concurrency_id": "explore_fit", "concurrency_limit": 1}  # seconds each: never in the quick group's way
 
 
 def sampler(model) -> tuple[str, dict]:
@@ -58,18 +60,17 @@ def start(model, seed: int, coords, directions: Directions) -> torch.Tensor:
 
 
 class DirectionCache:
-    """Each model's directions, fitted once (seconds) and kept while the app runs."""
+    """Each model's directions, fitted once (seconds) and kept while the model is loaded."""
 
     def __init__(self):
-        self._fits: dict[int, tuple[object, Directions]] = {}
+        self._fits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # gone with the registry's model
         self._lock = threading.Lock()
 
     def get(self, model) -> Directions:
         with self._lock:  # one fit per model, however many pages ask at once
-            held = self._fits.get(id(model))
-            if held is None or held[0] is not model:  # an id reused after the registry dropped a model
-                held = self._fits[id(model)] = (model, fit(model))
-            return held[1]
+            if model not in self._fits:
+                self._fits[model] = fit(model)
+            return self._fits[model]
 
 
 def describe(model, directions: Directions) -> str:
@@ -99,8 +100,11 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         view = gr.HTML(elem_id="explore-view", js_on_load=None)
 
     @user_errors
-    def prepare(model_id):
-        """Fit the picked model's directions before the first drag, and say what they are."""
+    def prepare(model_id, opened):
+        """Fit the picked model's directions before the first drag, and say what they are; only once
+        this page has opened the tab (a fit is seconds of CPU that the other tabs should not pay)."""
+        if not opened:
+            return gr.skip()
         model = ctx.registry.load(model_id)
         try:
             return describe(model, cache.get(model))
@@ -120,14 +124,19 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         return (f'<img src="{data_uri(im)}" alt="the sample at seed {s}" data-seed="{s}" '
                 f'data-coords="{",".join(f"{v:g}" for v in c)}" style="image-rendering: pixelated">')
 
-    def first_view(model_id, *rest):
+    def first_view(model_id, opened, *rest):
         """The view once the directions are fitted; empty for a model the tab does not apply to (the info says why)."""
+        if not opened:
+            return gr.skip()
         model = try_load(ctx, model_id)
         return show(model_id, *rest) if model is not None and model.kind == "lsgm" else ""
 
+    opened = gr.State(False)
     inputs = [picker, seed, *sliders]
-    gr.on([picker.change, demo.load], prepare, picker, info, api_visibility="private", **QUICK).then(
-        first_view, inputs, view, api_visibility="private", queue=False)
+    tab = info.parent  # this tab's gr.Tab (build runs inside it)
+    for trigger in (picker.change, tab.select(lambda: True, None, opened, api_visibility="private", queue=False).then):
+        trigger(prepare, [picker, opened], info, api_visibility="private", **FIT).then(
+            first_view, [picker, opened, seed, *sliders], view, api_visibility="private", queue=False)
     gr.on([c.change for c in (seed, *sliders)], show, inputs, view, api_name="explore", **LIVE)
     # a fresh seed, shown in the box: a random start that can be drawn again
     random_start.click(lambda: random.randrange(2**31), None, seed, api_visibility="private", queue=False)

@@ -33,7 +33,7 @@ UPLOAD_HELP = (f"A zip of images, or several images (PNG, JPEG, BMP, GIF, WebP, 
                "megapixels in all. Each is center-cropped "
                f"and resized to {IMAGE_SIZE}x{IMAGE_SIZE}; the set stays grey if every image is grey, else it is RGB. "
                "Hidden and system files, and files that are not images, are skipped and named; a zip with absolute "
-               "paths, '..' or links is refused. The data set then appears in 'Data set' below as upload:<name>.")
+               "paths, '..' or links is refused. The data set then appears in 'Data set' below as `upload:<name>`.")
 
 
 def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:

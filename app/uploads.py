@@ -153,6 +153,9 @@ class Uploads:
         if (self.root / name).exists():
             raise UploadError(f"an uploaded data set named {name!r} already exists; choose another name")
         paths = [Path(p) for p in paths]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise UploadError(f"{missing[0]}: the upload is missing or not a file; upload it again")
         sent = sum(p.stat().st_size for p in paths)
         if sent > self.limits.upload_bytes:
             raise UploadError(f"the upload is {_size(sent)}, over the {_size(self.limits.upload_bytes)} limit; "

@@ -227,6 +227,8 @@ def test_names_and_ids_from_requests_never_reach_a_path(uploads, tmp_path):
     for bad in ("../x", "a/b", "", ".hidden", "x" * 65, None):
         with pytest.raises(ValueError, match="data set name: 1 to 64 letters"):
             uploads.prepare(bad, [tmp_path / "s.zip"])
+    with pytest.raises(UploadError, match="gone.png: the upload is missing or not a file"):
+        uploads.prepare("gone", [tmp_path / "gone.png"])
     uploads.prepare("ok", [shapes_zip(tmp_path / "s.zip")])
     for bad in ("upload:../ok", "upload:/etc", "folder:/etc", "ok", "upload:missing"):
         with pytest.raises(ValueError, match="unknown uploaded data set"):

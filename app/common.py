@@ -1,7 +1,9 @@
 """What every tab shares: the app's context, turning failures into readable messages, argument checks."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import logging
 import math
 import threading
@@ -71,26 +73,39 @@ class Context:
 
 
 def user_errors(fn):
-    """Run an event handler; any failure reaches the user as a gr.Error message, never a traceback."""
+    """Run an event handler; any failure reaches the user as a gr.Error message, never a traceback.
+    A generator handler (one that shows a first result, then the whole) is wrapped as a generator."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            with _as_user_errors(fn.__name__):
+                yield from fn(*args, **kwargs)
+        return generator
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with _as_user_errors(fn.__name__):
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Cancelled:
-            log.info("%s stopped by the user", fn.__name__)
-            raise gr.Error("Stopped.") from None
-        except (ValueError, CheckpointError, DataError, ConfigError, DiskFullError) as e:
-            raise gr.Error(str(e)) from None
-        except torch.OutOfMemoryError:
-            raise gr.Error("out of memory: ask for fewer images at a time") from None
-        except Exception as e:  # a bug: the user gets a message, the log gets the traceback
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"internal error ({type(e).__name__}: {e}); details are in the app's log") from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _as_user_errors(name: str):
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Cancelled:
+        log.info("%s stopped by the user", name)
+        raise gr.Error("Stopped.") from None
+    except (ValueError, CheckpointError, DataError, ConfigError, DiskFullError) as e:
+        raise gr.Error(str(e)) from None
+    except torch.OutOfMemoryError:
+        raise gr.Error("out of memory: ask for fewer images at a time") from None
+    except Exception as e:  # a bug: the user gets a message, the log gets the traceback
+        log.exception("unexpected error in %s", name)
+        raise gr.Error(f"internal error ({type(e).__name__}: {e}); details are in the app's log") from None
 
 
 def try_load(ctx: Context, model_id):

@@ -5,9 +5,11 @@ import base64
 import io
 import math
 import os
+import struct
 import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +147,23 @@ def data_uri(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def png_data_uris(images: torch.Tensor) -> list[str]:
+    """uint8 images [N, C, H, W] (C 1: grey, 3: RGB) as PNG data URIs, written here with zlib: a third
+    of the time of PIL by way of to_pil (0.15 against 0.48 ms for a 28x28 digit), which made the hover
+    images most of a cached latent map's time."""
+    n, c, h, w = images.shape
+    head = struct.pack(">IIBBBBB", w, h, 8, {1: 0, 3: 2}[c], 0, 0, 0)
+    rows = images.permute(0, 2, 3, 1).reshape(n, h, w * c).cpu().numpy()
+    rows = np.concatenate([np.zeros((n, h, 1), np.uint8), rows], 2)  # filter type 0 before every row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return ["data:image/png;base64," + base64.b64encode(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(r.tobytes(), 6)) + chunk(b"IEND", b"")
+    ).decode("ascii") for r in rows]
 
 
 class Outputs:

@@ -13,8 +13,7 @@ import torch
 from lsgm_core import solvers
 
 from ..common import QUICK, Context, integer, number, one_of, try_load, user_errors
-from ..images import UPLOAD_RULES, display_scale, grid, model_input, to_pil
-from .latent_map import _data_uri
+from ..images import UPLOAD_RULES, data_uri, display_scale, grid, model_input, to_pil
 from ..paths import ASSETS, CLASS_NAMES, shown_test_set
 from ..solver_controls import LOG_TOL_MAX, LOG_TOL_MIN, progress_callback
 
@@ -144,7 +143,7 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
             images, z0 = solvers.interpolate(model, xa, xb, PATH_FRAMES, mode, steps=PATH_STEPS)
             ends = model.encode(torch.cat([xa, xb]))[0]
         seconds = time.perf_counter() - start
-        shown = "".join(f'<img src="{_data_uri(im)}" alt="frame {k}" style="display:{"block" if k == 0 else "none"};'
+        shown = "".join(f'<img src="{data_uri(to_pil(im))}" alt="frame {k}" style="display:{"block" if k == 0 else "none"};'
                         'image-rendering:pixelated;height:160px">' for k, im in enumerate(images))
         text = f"{PATH_FRAMES} frames in **{seconds:.2f} s**"
         if mode == "slerp_z1":

@@ -65,8 +65,9 @@ def teacher_pairs(model, num: int, steps: int, seed: int = 0, batch_size: int = 
 
 
 def cached_pairs(model, path: str | Path, num: int, steps: int, seed: int = 0,
-                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """teacher_pairs, kept in the safetensors file `path` under a key of what they depend on."""
+                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """teacher_pairs, kept in the safetensors file `path` under a key of what they depend on; the
+    third value says whether they came from the file."""
     key = {"weights": str(model.meta.get("files", {}).get("model.safetensors")), "pairs": str(num),
            "teacher_steps": str(steps), "seed": str(seed)}
     path = Path(path)
@@ -74,12 +75,12 @@ def cached_pairs(model, path: str | Path, num: int, steps: int, seed: int = 0,
         try:
             with safe_open(str(path), "pt") as f:
                 if f.metadata() == key:
-                    return f.get_tensor("z1"), f.get_tensor("z0")
+                    return f.get_tensor("z1"), f.get_tensor("z0"), True
         except (SafetensorError, OSError, KeyError):
             pass  # damaged or foreign: computed again and replaced
     z1, z0 = teacher_pairs(model, num, steps, seed, progress=progress)
     atomic.atomic_write(path, lambda f: save_file({"z1": z1.contiguous(), "z0": z0.contiguous()}, str(f), metadata=key))
-    return z1, z0
+    return z1, z0, False
 
 
 def regression_inputs(student: Student, z1: torch.Tensor, z0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -284,15 +285,16 @@ def run(args) -> dict:
                              f"got {args.decoder_channels}")
     progress = not args.no_progress
     start = time.perf_counter()
-    z1, z0 = (cached_pairs(model, args.pairs_cache, args.pairs, args.teacher_steps, args.seed, progress)
-              if args.pairs_cache else teacher_pairs(model, args.pairs, args.teacher_steps, args.seed, progress=progress))
+    z1, z0, cached = (cached_pairs(model, args.pairs_cache, args.pairs, args.teacher_steps, args.seed, progress)
+                      if args.pairs_cache else
+                      (*teacher_pairs(model, args.pairs, args.teacher_steps, args.seed, progress=progress), False))
     teacher_seconds = time.perf_counter() - start
     train, held = (z1[HELD_OUT:], z0[HELD_OUT:]), (z1[:HELD_OUT], z0[:HELD_OUT])
     start = time.perf_counter()
     model.student = distill(make_student(model, train[1], args.channels), train, args.train_steps, args.batch_size, args.lr,
                             seed=args.seed, own_path=args.own_path, progress=progress)
     figures = {"pairs": args.pairs, "teacher_steps": args.teacher_steps, "train_steps": args.train_steps,
-               "own_path": args.own_path, "teacher_seconds": round(teacher_seconds, 1),
+               "own_path": args.own_path, "teacher_seconds": round(teacher_seconds, 1), "pairs_from_cache": cached,
                "train_seconds": round(time.perf_counter() - start, 1)}
     config = copy.deepcopy(model.config)
     config["student"] = {"sde": config["model"]["prior"]["sde"],

@@ -120,9 +120,10 @@ def test_the_pairs_cache_is_reused_while_teacher_and_settings_match(tiny_checkpo
     monkeypatch.setattr(distill, "teacher_pairs", lambda *a, **k: calls.append(a[1:]) or real(*a, **k))
     first = distill.cached_pairs(model, cache, 20, 3)
     again = distill.cached_pairs(model, cache, 20, 3)
-    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first, again))
+    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first[:2], again[:2]))
+    assert not first[2] and again[2]  # computed, then read
     other = distill.cached_pairs(model, cache, 20, 4)  # another setting: computed and kept instead
-    assert len(calls) == 2 and not torch.equal(other[1], first[1])
+    assert len(calls) == 2 and not torch.equal(other[1], first[1]) and not other[2]
     cache.write_bytes(b"not a safetensors file")
     distill.cached_pairs(model, cache, 20, 4)
     assert len(calls) == 3 and torch.equal(distill.cached_pairs(model, cache, 20, 4)[1], other[1])

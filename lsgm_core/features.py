@@ -209,7 +209,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _with_classifier() -> list[str]:
+def with_classifier() -> list[str]:
     """The registered data sets that have a feature classifier."""
     return [name for name, spec in DATASETS.items() if spec.classifier]
 
@@ -219,7 +219,7 @@ def _classifier_name(dataset_name: str) -> str:
     stem = dataset_spec(dataset_name).classifier
     if stem is None:
         raise CheckpointError(f"{dataset_name} has no feature classifier (its entry in lsgm_core.datasets names "
-                              f"none), so no FID for it; data sets with one: {', '.join(_with_classifier())}")
+                              f"none), so no FID for it; data sets with one: {', '.join(with_classifier())}")
     return stem
 
 
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m lsgm_core.features",
                                 description="Train a feature classifier and the test-set statistics for the Frechet distance.")
-    p.add_argument("--dataset", required=True, choices=_with_classifier())
+    p.add_argument("--dataset", required=True, choices=with_classifier())
     p.add_argument("--data-dir", default=None, help="folder holding mnist/ and fashion-mnist/")
     p.add_argument("--out", default=str(DEFAULT_FEATURES_DIR), help="output folder (default: the shipped checkpoints/features)")
     p.add_argument("--epochs", type=int, default=2)

@@ -158,7 +158,13 @@ def integrate(func, y0, times: Sequence[float], *, atol: float, rtol: float, met
         raise ValueError(f"unknown ODE method {method!r}; choose one of {', '.join(ADAPTIVE_METHODS)}")
     device = (y0[0] if isinstance(y0, tuple) else y0).device
     t = torch.tensor(list(times), dtype=torch.float64, device=device)
-    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options={"step_t": t[-1:]})
+    try:
+        return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options={"step_t": t[-1:]})
+    except AssertionError as e:  # torchdiffeq's way of saying the step size fell to nothing
+        if "underflow in dt" not in str(e):
+            raise
+        raise ValueError(f"the adaptive ODE solver could not meet atol={atol:g}, rtol={rtol:g} (its step size fell "
+                         "to zero, a stiff or non-finite field): loosen the tolerance or use the fast solver") from None
 
 
 class Recorder:

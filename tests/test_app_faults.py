@@ -128,6 +128,9 @@ def gated_app(app_server, tmp_path_factory):
             demo.close()
 
 
+TRAJECTORY_STATS = 6  # /trajectory's outputs: frames, noisy frames, paths, step sizes, GIF, its file, stats, student paths
+
+
 def start_long_request(server):
     """A Trajectory request, running and held at the gate when this returns."""
     server.gate.entered.clear()
@@ -146,7 +149,7 @@ def test_a_long_request_does_not_block_small_ones(gated_app):
         assert not long.done()  # the small ones were served while the long one still ran
     finally:
         gated_app.gate.release.set()
-    assert "NFE" in long.result(timeout=WAIT_S)[-1]
+    assert "NFE" in long.result(timeout=WAIT_S)[TRAJECTORY_STATS]
 
 
 def call(url: str, api: str, data: list) -> str:
@@ -176,7 +179,7 @@ def test_the_queue_is_bounded(gated_app):
             assert refused.value.code == 503 and "Queue is full" in refused.value.read().decode()
     finally:
         gated_app.gate.release.set()
-    assert "NFE" in long.result(timeout=WAIT_S)[-1]
+    assert "NFE" in long.result(timeout=WAIT_S)[TRAJECTORY_STATS]
     for event in waiting:
         with urllib.request.urlopen(f"{gated_app.url}gradio_api/call/trajectory/{event}", timeout=WAIT_S) as r:
             assert "event: error" in r.read().decode()  # each was served: its argument error came back

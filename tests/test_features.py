@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from lsgm_core import features
 from lsgm_core.checkpoint import CheckpointError
-from lsgm_core.data import DATASETS, ImageDataset, load_dataset
+from lsgm_core.data import ImageDataset, load_dataset
 
 torch.set_num_threads(1)
 
@@ -99,10 +99,10 @@ def test_fd_rejects_bad_features():
 
 @pytest.fixture(scope="module")
 def classifiers():
-    return {name: features.load_classifier(name) for name in DATASETS}
+    return {name: features.load_classifier(name) for name in features.with_classifier()}
 
 
-@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("name", features.with_classifier())
 def test_shipped_classifier_reaches_its_recorded_accuracy(name, classifiers, data_dir):
     clf = classifiers[name]
     recorded = clf.meta["metrics"]["test_accuracy"]
@@ -112,7 +112,7 @@ def test_shipped_classifier_reaches_its_recorded_accuracy(name, classifiers, dat
     assert acc >= recorded - 0.025, f"{name}: {acc:.4f} on 1,000 test images, recorded {recorded}"
 
 
-@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("name", features.with_classifier())
 def test_fd_separates_real_images_from_noise(name, data_dir):
     """Train images are close to the test set (the shipped statistics), noise far away."""
     train = load_dataset(name, "train", data_dir, image_size=28, download=False)
@@ -126,7 +126,7 @@ def test_fd_separates_real_images_from_noise(name, data_dir):
 def test_fid_needs_no_data_with_the_shipped_statistics(tmp_path):
     """Users without MNIST files can still compute an FID: the shipped statistics fit the shipped classifiers."""
     images = torch.rand(50, 1, 32, 32)
-    for name in DATASETS:
+    for name in features.with_classifier():
         assert features.fid_against_test_set(images, name, data_dir=tmp_path / "nothing-here") > 0
 
 

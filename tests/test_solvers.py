@@ -227,3 +227,14 @@ def test_interpolation_modes(tiny, test_images):
 def test_ode_solve_only_takes_adaptive_methods():
     with pytest.raises(ValueError, match="unknown ODE method"):
         ode_solve(random_prior(), torch.zeros(1, 2, 4, 4), 1.0, ODE_EPS, method="rk4")
+
+
+def test_an_ode_solve_that_cannot_proceed_is_a_clear_error():
+    """A field with a non-finite value (as a degenerate input can give) drives dopri5's step size to
+    zero; torchdiffeq says so with an AssertionError, which reaches the user as what to do."""
+    class Broken(GaussianPrior):
+        def eps(self, z, t, alpha=None):
+            return torch.where(torch.as_tensor(t).reshape(-1)[:1] < 0.5, torch.nan, 1.0) * super().eps(z, t)
+
+    with pytest.raises(ValueError, match="could not meet atol=0.001, rtol=0.001.*fast solver"):
+        sample(Wrap(Broken(SDES["vpsde"], c=0.3)), 2, "ode", atol=1e-3, rtol=1e-3)

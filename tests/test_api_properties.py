@@ -128,7 +128,8 @@ def param_strategies(param, files: Files) -> tuple[st.SearchStrategy, st.SearchS
                             hostile_number(param))
         return st.one_of(default, st.sampled_from(choices)), hostile, True
     if kind in ("number", "integer"):
-        return default, hostile_number(param), True
+        # closed only with a range: a whole-number box without one rounds a fraction (gradio's precision=0)
+        return default, hostile_number(param), bounds(param) is not None
     if kind == "boolean":
         return st.one_of(default, st.booleans()), st.one_of(TEXT, st.integers(), st.lists(st.booleans(), max_size=2)), True
     return default, st.one_of(TEXT, WRONG_TYPES), False

@@ -337,3 +337,10 @@ def test_omniglot_model_trains_and_evaluates_in_nats(tmp_path, capsys):
     assert info["bpd"] == pytest.approx(info["nelbo_nats"] / (784 * np.log(2)))
     assert info["nelbo_nats"] == pytest.approx(info["recon_nats"] + info["kl_nats"], rel=1e-9)
     assert 0 < info["nelbo_nats"] < 784 * 5
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
+def test_every_shipped_config_loads(name):
+    """Each file in configs/ is a valid training config (known keys and values), as its comment's command needs."""
+    config = load_config(ROOT / "configs" / name)
+    assert config["model"]["kind"] in ("lsgm", "pixel") and config["train"]["max_steps"] >= 1

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torchdiffeq import odeint
 
-from .student import STEPS as STUDENT_STEPS, move as student_move
+from .student import STEPS as STUDENT_STEPS, coefficient, move as student_move
 from .tensors import per_channel, per_sample, seeded_generator
 
 ODE_EPS = 1e-5
@@ -95,10 +95,7 @@ class ProbabilityFlow:
         (vectorised and scalar kernels of exp may differ in the last ulp)."""
         return torch.as_tensor(t, dtype=z.dtype, device=z.device).expand(z.shape[0])
 
-    @classmethod
-    def coef(cls, fn, t, z: torch.Tensor) -> torch.Tensor:
-        """fn(t) per sample, shaped to broadcast over z."""
-        return per_sample(fn(cls._ts(t, z)), z)
+    coef = staticmethod(coefficient)  # fn(t) per sample, shaped to broadcast over z
 
     def _evaluated(self, t) -> None:
         self.nfe += 1

@@ -3,7 +3,7 @@
     python -m lsgm_core.distill --checkpoint C --out D [--pairs 20000] [--teacher-steps 40]
                                 [--train-steps 3000] [--batch-size 256] [--channels N] [--lr 2e-4] [--seed 0]
                                 [--decoder-channels 32,64 [--decoder-res-blocks 1] [--decoder-steps N]]
-                                [--own-path F] [--pairs-cache FILE]
+                                [--own-path F] [--pairs-cache FILE] [--student-from S]
 
 1. Teacher pairs: --pairs draws z1 ~ N(0, I) (seeded) and the ODE's end point z0 of each, by the
    fast solver with --teacher-steps steps at the model's own alpha.
@@ -16,6 +16,9 @@
    With --decoder-channels the student gets a decoder of its own, the VAE decoder's architecture at
    those widths, trained to give the model's mean images from the teacher's z0 (mean squared error
    over the pixels): 1-step samples then skip the full decoder, most of their cost.
+   With --student-from S the student starts from the one in checkpoint S (its U-Net, its sigma_data,
+   and its decoder, which is kept as it is unless --decoder-channels trains a new one): a student
+   follows its teacher after further training of the prior for a fraction of a new one's cost.
 3. D: the teacher's checkpoint with the student in it (config "student"; its weights in
    model.safetensors beside the prior's EMA weights, rounded to float16 and stored so: half the
    bytes, the largest change this makes to 1-step images in the metrics), written atomically. Its
@@ -91,13 +94,18 @@ def regression_inputs(student: Student, z1: torch.Tensor, z0: torch.Tensor, t: t
     return per_sample(sde.mean_coef(t), z1) * z0 + per_sample(sde.sigma(t), z1) * eps
 
 
+def _active(model) -> torch.Tensor:
+    """The prior's active channels [C] (bool, on the CPU): all of them for a prior without mixing."""
+    return model.prior.active.bool().cpu() if model.prior.mixed else torch.ones(model.prior.shape[0], dtype=torch.bool)
+
+
 def make_student(model, z0: torch.Tensor, channels: int | None = None) -> Student:
     """A student on the prior's device with the prior's U-Net (`channels` wide, default the prior's
     width); at the prior's width it starts from the prior's weights with the output layer zeroed.
     d is the spread of the teacher's z0 over the active channels."""
     cfg = model.config["model"]["prior"]
     net = {**cfg["net"], "channels": channels or cfg["net"]["channels"]}
-    active = model.prior.active.bool().cpu() if model.prior.mixed else torch.ones(z0.shape[1], dtype=torch.bool)
+    active = _active(model)
     student = Student(model.prior.shape, cfg["sde"], net, z0[:, active].std().item())
     if net == cfg["net"]:
         student.net.load_state_dict(model.prior.net.state_dict())
@@ -105,6 +113,23 @@ def make_student(model, z0: torch.Tensor, channels: int | None = None) -> Studen
         torch.nn.init.zeros_(student.net.conv_out.bias)
     student.active.copy_(active.float())
     return student.to(next(model.prior.parameters()).device)
+
+
+def student_from(model, path) -> tuple[Student, dict]:
+    """A copy of the student in checkpoint `path` and its config entry, checked to fit `model`'s prior."""
+    source = load_model(path, next(model.prior.parameters()).device)
+    if source.student is None:
+        raise ValueError(f"--student-from {path}: that checkpoint has no distilled student; distil one first "
+                         "or leave --student-from out")
+    prior, student = model.config["model"]["prior"], source.config["student"]
+    if tuple(source.student.shape) != tuple(model.prior.shape) or student["sde"] != prior["sde"]:
+        raise ValueError(f"--student-from {path}: its student works on latents {list(source.student.shape)} with "
+                         f"SDE {student['sde']}, the teacher's prior on {list(model.prior.shape)} with "
+                         f"{prior['sde']}; start a new student (leave --student-from out)")
+    if not torch.equal(source.student.active.bool().cpu(), _active(model)):
+        raise ValueError(f"--student-from {path}: its student's active channels differ from the teacher's; "
+                         "start a new student (leave --student-from out)")
+    return copy.deepcopy(source.student), copy.deepcopy(student)
 
 
 def student_error(model, z1: torch.Tensor, z0: torch.Tensor) -> dict[str, float]:
@@ -231,6 +256,8 @@ def main(argv=None) -> int:
     ap.add_argument("--decoder-steps", type=int, help="its optimisation steps (default: --train-steps)")
     ap.add_argument("--pairs-cache", help="a safetensors file that keeps the teacher pairs for the next run "
                     "with the same teacher, --pairs, --teacher-steps and --seed")
+    ap.add_argument("--student-from", help="a checkpoint whose student to start from (and whose decoder to keep "
+                    "unless --decoder-channels is given) instead of a new one")
     ap.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     args = ap.parse_args(argv)
@@ -275,7 +302,11 @@ def run(args) -> dict:
         raise ValueError(f"--own-path is a fraction of the batches, from 0 to 1; got {args.own_path}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
+    if args.student_from is not None and args.channels is not None:
+        raise ValueError("--channels sets the width of a new student; --student-from starts from an existing one, "
+                         "whose width it keeps: give one of the two")
     model = load_model(args.checkpoint, pick_device(args.device))
+    start_from = student_from(model, args.student_from) if args.student_from is not None else None
     if args.decoder_channels is not None:
         if model.kind != "lsgm":
             raise ValueError(f"--decoder-channels needs a latent model; this one is {model.kind!r} (no decoder)")
@@ -291,15 +322,19 @@ def run(args) -> dict:
     teacher_seconds = time.perf_counter() - start
     train, held = (z1[HELD_OUT:], z0[HELD_OUT:]), (z1[:HELD_OUT], z0[:HELD_OUT])
     start = time.perf_counter()
-    model.student = distill(make_student(model, train[1], args.channels), train, args.train_steps, args.batch_size, args.lr,
+    student = make_student(model, train[1], args.channels) if start_from is None else start_from[0]
+    model.student = distill(student, train, args.train_steps, args.batch_size, args.lr,
                             seed=args.seed, own_path=args.own_path, progress=progress)
     figures = {"pairs": args.pairs, "teacher_steps": args.teacher_steps, "train_steps": args.train_steps,
                "own_path": args.own_path, "teacher_seconds": round(teacher_seconds, 1), "pairs_from_cache": cached,
                "train_seconds": round(time.perf_counter() - start, 1)}
+    if start_from is not None:
+        figures["student_from"] = str(args.student_from)
     config = copy.deepcopy(model.config)
-    config["student"] = {"sde": config["model"]["prior"]["sde"],
-                         "net": {**config["model"]["prior"]["net"], "channels": model.student.net.temb_ch},
-                         "sigma_data": model.student.sigma_data.item(), "steps": list(STEPS)}
+    config["student"] = ({"sde": config["model"]["prior"]["sde"],
+                          "net": {**config["model"]["prior"]["net"], "channels": model.student.net.temb_ch},
+                          "sigma_data": model.student.sigma_data.item(), "steps": list(STEPS)}
+                         if start_from is None else start_from[1])
     if args.decoder_channels is not None:
         start = time.perf_counter()
         model.student.decoder, config["student"]["decoder"] = distill_decoder(
@@ -309,7 +344,7 @@ def run(args) -> dict:
     figures["float16_images_max_abs"] = round_to_half(model, held[0][:256])
     # what ships: the figures of the rounded student
     figures["student_rel_rmse"] = student_error(model, *held)
-    if args.decoder_channels is not None:
+    if model.student.decoder is not None:
         figures["decoder_error"] = decoder_error(model, held[1].to(next(model.parameters()).device))
     halves = {f"student.{name}" for name, _ in model.student.named_parameters()}
     weights = {k: v.half() if k in halves else v for k, v in model.state_dict().items()}

@@ -193,3 +193,33 @@ def test_the_student_ships_in_float16_and_loads_back_as_it_was_measured(distille
     model = load_model(distilled)
     assert all(p.dtype == torch.float32 for p in model.student.parameters())
     assert 0 <= model.meta["metrics"]["distillation"]["float16_images_max_abs"] < 0.05
+
+
+def test_a_student_from_another_checkpoint_starts_from_its_weights_and_keeps_its_decoder(with_decoder, tiny_checkpoints,
+                                                                                         tmp_path):
+    """--student-from: the student's U-Net starts where the source's ended (a step at a negligible
+    learning rate leaves it within float16 rounding), its decoder and config entry are the source's."""
+    out = tmp_path / "again"
+    code = distill.main([str(a) for a in ["--checkpoint", tiny_checkpoints["stage2"], "--out", out, "--pairs", 1010,
+                                          "--teacher-steps", 2, "--train-steps", 1, "--batch-size", 8, "--lr", 1e-9,
+                                          "--student-from", with_decoder, "--device", "cpu", "--no-progress"]])
+    assert code == 0
+    source, got = load_model(with_decoder), load_model(out)
+    assert got.config["student"] == source.config["student"]
+    assert got.meta["metrics"]["distillation"]["student_from"] == str(with_decoder)
+    assert "decoder_error" in got.meta["metrics"]["distillation"]
+    for (name, a), (_, b) in zip(source.student.decoder.state_dict().items(), got.student.decoder.state_dict().items()):
+        assert torch.equal(a, b), name
+    net_diff = max((a - b).abs().max().item() for a, b in zip(source.student.net.parameters(), got.student.net.parameters()))
+    assert net_diff < 1e-3, net_diff
+    torch.manual_seed(0)
+    fresh = distill.make_student(source, torch.randn(10, *source.prior.shape), 8)
+    assert max((a - b).abs().max().item() for a, b in zip(fresh.net.parameters(), got.student.net.parameters())) > 0.05
+
+
+@pytest.mark.parametrize("extra,message", [([], "has no distilled student"), (["--channels", 8], "give one of the two")])
+def test_distill_refuses_a_student_it_cannot_start_from(tiny_checkpoints, tmp_path, capsys, extra, message):
+    code = distill.main([str(a) for a in ["--checkpoint", tiny_checkpoints["stage2"], "--out", tmp_path / "x",
+                                          "--student-from", tiny_checkpoints["stage2"], "--no-progress", *extra]])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -28,17 +28,19 @@ class Entry:
     id: str
     path: Path  # the checkpoint folder itself (a run's `latest` already followed)
     label: str
+    kind: str | None = None  # meta.json's model kind (lsgm_core.model.MODELS); None where it is unreadable
 
 
-def _describe(path: Path) -> str | None:
-    """"lsgm, stage 2, step 5000" from meta.json; None for a checkpoint that is not a model's
+def _describe(path: Path) -> tuple[str, str | None] | None:
+    """("lsgm, stage 2, step 5000", kind) from meta.json; None for a checkpoint that is not a model's
     (lsgm_core's feature classifiers, say) — the picker does not list those."""
+    unreadable = ("unreadable meta.json", None)  # listed, so that picking it explains what is wrong
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):
-        return "unreadable meta.json"  # listed, so that picking it explains what is wrong
+        return unreadable
     if not isinstance(meta, dict) or not isinstance(meta.get("kind", "lsgm"), str):
-        return "unreadable meta.json"
+        return unreadable
     if meta.get("kind", "lsgm") not in MODEL_KINDS:
         return None
     parts = [meta.get("kind", "lsgm")]
@@ -46,7 +48,7 @@ def _describe(path: Path) -> str | None:
         parts.append("prior stage" if meta["stage"] == "prior" else f"stage {meta['stage']}")
     if "step" in meta:
         parts.append(f"step {meta['step']}")
-    return ", ".join(map(str, parts))
+    return ", ".join(map(str, parts)), parts[0]
 
 
 class Registry:
@@ -61,7 +63,7 @@ class Registry:
         if extra is not None:
             path = resolve_checkpoint(extra).resolve()  # the user named it on the command line: trusted
             self._extra = next((e for e in self.entries() if e.path.resolve() == path), None) or \
-                Entry(f"external/{Path(extra).resolve().name}", path, _describe(path) or "not a model")
+                Entry(f"external/{Path(extra).resolve().name}", path, *(_describe(path) or ("not a model",)))
         self._models: OrderedDict[Path, object] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -79,9 +81,9 @@ class Registry:
                     path = resolve_checkpoint(child)
                 except CheckpointError:
                     continue  # e.g. a run that has not saved its first checkpoint yet
-                label = _describe(path)
-                if label is not None:
-                    found.append(Entry(f"{prefix}/{child.name}", path, label))
+                described = _describe(path)
+                if described is not None:
+                    found.append(Entry(f"{prefix}/{child.name}", path, *described))
         if self._extra is not None and all(e.id != self._extra.id for e in found):
             found.insert(0, self._extra)
         return found

@@ -54,6 +54,7 @@ import torch
 
 from .checkpoint import load_model
 from .cli import report
+from .comparison import speedup
 from .config import load_config
 from .data import dataset_spec
 from .datasets import SPLITS
@@ -218,8 +219,7 @@ def bench_sampling(args) -> dict:
     if args.baseline is not None:
         # how many times faster the model is than the baseline (> 1: the model is faster)
         result["speedup"] = {
-            num: {label: {"seconds": round(b["seconds"] / max(m["seconds"], 1e-4), 2),
-                          "nfe": round(b["nfe"] / m["nfe"], 2)}
+            num: {label: {k: round(v, 2) for k, v in speedup(m["seconds"], m["nfe"], b["seconds"], b["nfe"]).items()}
                   for label, m in runs.items() for b in [result["baseline"]["runs"][num][label]]}
             for num, runs in result["model"]["runs"].items()}
     return result

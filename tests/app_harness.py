@@ -43,6 +43,19 @@ def app_server(tiny_checkpoints, data_dir, tmp_path_factory):
 
 
 @contextlib.contextmanager
+def serve_models(root: Path, models: dict[str, Path], default: str, data_dir: Path):
+    """`serve` over a checkpoints folder under `root` holding copies of `models` ({name: checkpoint}),
+    `default` the one the page opens on."""
+    ck = root / "checkpoints"
+    ck.mkdir()
+    for name, path in models.items():
+        shutil.copytree(path, ck / name)
+    (ck / "DEFAULT").write_text(f"{default}\n")
+    with serve(root, ck, data_dir) as server:
+        yield server
+
+
+@contextlib.contextmanager
 def serve(root: Path, ck: Path, data_dir: Path):
     """`python -m app` on a free port over the checkpoints folder `ck`, its files under `root`; stopped on exit."""
     port = free_port()

@@ -11,7 +11,7 @@ from typing import Callable
 
 from lsgm_core import latent_map as latent_analysis
 
-from . import explore, interpolate, latent_map, sample, train, trajectory
+from . import compare, explore, interpolate, latent_map, sample, train, trajectory
 
 
 @dataclass(frozen=True)
@@ -33,5 +33,7 @@ TABS = [
                 "{ image-rendering: pixelated; min-height: 140px; object-fit: contain; }"),
     TabSpec("latent-map", "Latent map", latent_map.build, head=latent_map.HOVER_JS, warm_up=latent_analysis.warm_up),
     TabSpec("explore", "Explore", explore.build),
+    TabSpec("compare", "Compare", compare.build,
+            css="#compare-model-grid img, #compare-baseline-grid img { image-rendering: pixelated; }"),
     TabSpec("train", "Train", train.build),
 ]

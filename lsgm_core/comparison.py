@@ -1,0 +1,53 @@
+"""A model against a baseline at the same solver settings and seed: both samples, and how many times faster.
+
+`compare` draws from each model with `solvers.sample` and the same seed (so each draws its z1, of
+its own shape, from that seed exactly as `sample(model, num, seed=seed)` does: the result is
+reproducible and each side equals a plain sample of its model), and `speedup` gives baseline / model
+in wall time and in network evaluations, the ratios `bench sampling --baseline` reports too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .solvers import SampleResult, sample, solver_options
+
+# the model's time below which a wall-time ratio means nothing (a timer's resolution, not a speed-up)
+MIN_SECONDS = 1e-4
+SIDES = ("model", "baseline")
+
+
+def speedup(model_seconds: float, model_nfe: int, baseline_seconds: float, baseline_nfe: int) -> dict[str, float]:
+    """How many times faster the model is than the baseline (> 1: the model is faster), in wall time and in NFE."""
+    return {"seconds": baseline_seconds / max(model_seconds, MIN_SECONDS), "nfe": baseline_nfe / model_nfe}
+
+
+@dataclass
+class Comparison:
+    model: SampleResult
+    baseline: SampleResult
+    speedup: dict[str, float]  # speedup() of the two results
+
+
+def compare(model, baseline, num: int, solver: str = "fast", *, steps: int | None = None, atol: float | None = None,
+            rtol: float | None = None, temperature: float = 1.0, seed: int | None = 0,
+            callback: Callable[[dict], None] | None = None) -> Comparison:
+    """`num` samples of `model`, then of `baseline`, each by `sample` with the same solver settings and seed.
+
+    `callback` receives sample()'s progress dicts with "side" ("model" or "baseline") added and
+    "done" running from 0 to 1 over both; raising from it aborts. An error that belongs to one
+    model (a solver it cannot run, such as `distilled` without a student) names that side.
+    """
+    solver_options(solver, steps, atol, rtol)  # the shared settings, refused once and before any work
+    results = []
+    for i, (side, m) in enumerate(zip(SIDES, (model, baseline))):
+        report = None
+        if callback is not None:
+            report = lambda d, i=i, side=side: callback({**d, "side": side, "done": (i + d["done"]) / 2})  # noqa: E731
+        try:
+            results.append(sample(m, num, solver, steps=steps, atol=atol, rtol=rtol, temperature=temperature,
+                                  seed=seed, callback=report))
+        except ValueError as e:
+            raise ValueError(f"the {side}: {e}") from None
+    first, second = results
+    return Comparison(first, second, speedup(first.seconds, first.nfe, second.seconds, second.nfe))

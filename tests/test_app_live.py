@@ -4,7 +4,6 @@ is the tiny LSGM with a small student of its own."""
 import base64
 import io
 import json
-import shutil
 import statistics
 import time
 import urllib.request
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from app_harness import serve
+from app_harness import serve_models
 from PIL import Image
 from test_distill import distilled  # noqa: F401  (the tiny LSGM with a small student)
 
@@ -28,14 +27,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def live_server(distilled, tiny_checkpoints, pixel_checkpoint, data_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("live-app")
-    ck = root / "checkpoints"
-    ck.mkdir()
-    shutil.copytree(distilled, ck / "tiny-student")
-    shutil.copytree(tiny_checkpoints["stage2"], ck / "tiny-lsgm")
-    shutil.copytree(pixel_checkpoint, ck / "tiny-pixel")
-    (ck / "DEFAULT").write_text("tiny-student\n")
-    with serve(root, ck, data_dir) as server:
+    models = {"tiny-student": distilled, "tiny-lsgm": tiny_checkpoints["stage2"], "tiny-pixel": pixel_checkpoint}
+    with serve_models(tmp_path_factory.mktemp("live-app"), models, "tiny-student", data_dir) as server:
         yield server
 
 

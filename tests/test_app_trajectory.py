@@ -1,12 +1,11 @@
 """The Trajectory tab's distilled paths (issue 14), through gradio_client on a real server whose
 models are the tiny LSGM with a small student of its own and the tiny LSGM without one."""
 import re
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from app_harness import serve
+from app_harness import serve_models
 from PIL import Image
 from test_distill import distilled  # noqa: F401  (the tiny LSGM with a small student)
 
@@ -23,12 +22,8 @@ def client(distilled, tiny_checkpoints, data_dir, tmp_path_factory):  # noqa: F8
     from gradio_client import Client
 
     root = tmp_path_factory.mktemp("trajectory-app")
-    ck = root / "checkpoints"
-    ck.mkdir()
-    shutil.copytree(distilled, ck / "tiny-student")
-    shutil.copytree(tiny_checkpoints["stage2"], ck / "tiny-lsgm")
-    (ck / "DEFAULT").write_text("tiny-student\n")
-    with serve(root, ck, data_dir) as server:
+    models = {"tiny-student": distilled, "tiny-lsgm": tiny_checkpoints["stage2"]}
+    with serve_models(root, models, "tiny-student", data_dir) as server:
         yield Client(server.url, verbose=False, analytics_enabled=False, download_files=str(root / "downloads"))
 
 

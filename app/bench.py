@@ -1,6 +1,6 @@
 """Benchmark of the app as a user meets it; prints one JSON object.
 
-    python -m app.bench [--checkpoint PATH] [--clicks N] [--map-points N] [--device D]
+    python -m app.bench [--checkpoint PATH] [--clicks N] [--map-points N] [--device D] [--runtime R]
 
 - cold start: from launching `python -m app` to the first page served (and the CPU seconds the
   server spent until then, which do not depend on what else runs on the machine);
@@ -37,7 +37,8 @@ def bench_app(args) -> dict:
 
     from .tabs import sample as sample_tab
 
-    app_args = ["--device", args.device] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+    app_args = (["--device", args.device, "--runtime", args.runtime]
+                + (["--checkpoint", args.checkpoint] if args.checkpoint else []))
     with tempfile.TemporaryDirectory() as tmp, launched_app(app_args, Path(tmp)) as server:
         url, cold = server.url, server.cold_start_s
         cold_cpu = _cpu_seconds(server.proc.pid)
@@ -61,7 +62,7 @@ def bench_app(args) -> dict:
             clicks.append(time.perf_counter() - t)
             reported.append(float(stats.split("**")[-2].split()[0]))  # "**0.41 s**": the solver's own time
         live = live_timing.live_figures(client, url, model)
-    return {"model": model, "cold_start_to_first_page_s": round(cold, 2), "cold_start_server_cpu_s": round(cold_cpu, 2),
+    return {"model": model, "runtime": args.runtime, "cold_start_to_first_page_s": round(cold, 2), "cold_start_server_cpu_s": round(cold_cpu, 2),
             "sample_click_default_s": round(statistics.median(clicks), 3),
             "sample_click_solver_s": round(statistics.median(reported), 3), "sample_clicks": args.clicks,
             f"latent_map_{args.map_points}_points_s": round(latent, 2), **live, "cpu_count": os.cpu_count()}
@@ -74,6 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clicks", type=int, default=5, help="timed default Sample clicks (default 5)")
     ap.add_argument("--map-points", type=int, default=5000, help="points of the timed latent map (default 5000)")
     ap.add_argument("--device", default="cpu", help="device of the server (default cpu)")
+    ap.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"),
+                    help="the server's --runtime for the distilled student (default auto)")
     args = ap.parse_args(argv)
     try:
         print(json.dumps(bench_app(args)), flush=True)

@@ -16,6 +16,7 @@ import torch
 
 from lsgm_core import CheckpointError, ConfigError, DataError
 from lsgm_core.atomic import DiskFullError
+from lsgm_core.solvers import SOLVERS
 
 from .images import Outputs
 from .models import Registry
@@ -70,6 +71,11 @@ class Context:
     device: str
     cancellations: Cancellations = field(default_factory=Cancellations)
     services: dict = field(default_factory=dict)  # long-lived helpers by name (training runs, UMAP cache)
+    runtime: str = "torch"  # lsgm_core.runtime's, for the solvers that take one (python -m app --runtime)
+
+    def runtime_for(self, solver: str) -> str:
+        """The runtime a solver's networks run on here: the app's where the solver takes it, else torch."""
+        return self.runtime if self.runtime in SOLVERS[solver].runtimes else "torch"
 
 
 def user_errors(fn):

@@ -71,10 +71,12 @@ def describe_args(kwargs: dict) -> str:
 
 
 def progress_callback(progress: gr.Progress, check):
-    """A solver callback that reports progress and ends the job when the user pressed Stop."""
+    """A solver callback that reports progress and ends the job when the user pressed Stop; a "side"
+    in the progress (the Compare tab's, the model sampled) leads the text."""
     def report(d: dict) -> None:
         check()
-        progress(min(1.0, d["done"]), desc=f"t = {d['t']:.3f}, {d['nfe']} network evaluations")
+        side = f"{d['side']}: " if "side" in d else ""
+        progress(min(1.0, d["done"]), desc=f"{side}t = {d['t']:.3f}, {d['nfe']} network evaluations")
     return report
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .solvers import SampleResult, sample, solver_options
+from .solvers import SampleResult, check_model_for, sample, solver_options
 
 # the model's time below which a wall-time ratio means nothing (a timer's resolution, not a speed-up)
 MIN_SECONDS = 1e-4
@@ -39,6 +39,11 @@ def compare(model, baseline, num: int, solver: str = "fast", *, steps: int | Non
     model (a solver it cannot run, such as `distilled` without a student) names that side.
     """
     solver_options(solver, steps, atol, rtol)  # the shared settings, refused once and before any work
+    for side, m in zip(SIDES, (model, baseline)):
+        try:
+            check_model_for(m, solver)
+        except ValueError as e:
+            raise ValueError(f"the {side}: {e}") from None
     results = []
     for i, (side, m) in enumerate(zip(SIDES, (model, baseline))):
         report = None

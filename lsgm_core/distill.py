@@ -230,7 +230,7 @@ def distill_decoder(model, z0: torch.Tensor, channels, num_res_blocks: int, trai
 def decoder_error(model, z0: torch.Tensor) -> dict[str, float]:
     """Mean and largest |student decoder's image - model decoder's image| over the pixels of z0's images."""
     with torch.no_grad():
-        diff = (model.decode_images(z0, student=True) - model.decode_images(z0)).abs()
+        diff = (model.decode_images(z0, model.student.decoder) - model.decode_images(z0)).abs()
     return {"mean_abs": round(diff.mean().item(), 5), "max_abs": round(diff.max().item(), 5)}
 
 

@@ -55,10 +55,9 @@ class LSGM(nn.Module):
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         return crop(x, self.crop)
 
-    def decode_images(self, z0: torch.Tensor, student: bool = False) -> torch.Tensor:
-        """z0 -> mean images in [0, 1], cropped to the data's own size. `student`: through the
-        student's distilled decoder where it has one (lsgm_core.student), else the model's."""
-        decoder = self.student.decoder if student and self.student is not None and self.student.decoder else None
+    def decode_images(self, z0: torch.Tensor, decoder: nn.Module | None = None) -> torch.Tensor:
+        """z0 -> mean images in [0, 1], cropped to the data's own size, through `decoder` in place of
+        the model's where given (a student's distilled decoder, lsgm_core.student)."""
         return self._crop(self.likelihood.mean((decoder or self.decoder)(z0))).clamp(0, 1)
 
     def recon_nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +140,7 @@ class PixelSGM(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return 2.0 * x - 1.0, torch.full_like(x, -math.inf)
 
-    def decode_images(self, z0: torch.Tensor, student: bool = False) -> torch.Tensor:
+    def decode_images(self, z0: torch.Tensor, decoder: nn.Module | None = None) -> torch.Tensor:
         return crop((z0 + 1.0) / 2.0, self.crop).clamp(0, 1)
 
     def forward(self, x: torch.Tensor, stage: int = 2, kl_coeff: float = 1.0) -> dict:

@@ -2,6 +2,7 @@
 
     python -m lsgm_core.sample --checkpoint runs/s2 --num 64 --out samples.npz --solver fast --steps 20
     python -m lsgm_core.sample --checkpoint runs/s2 --num 64 --out samples.npz --solver ode --atol 1e-3 --rtol 1e-3
+    python -m lsgm_core.sample --checkpoint D --num 16 --out samples.npz --solver distilled --steps 1 --runtime onnxruntime
 
 The .npz holds `images` as uint8 [N, H, W] (grey) or [N, H, W, C], and the latents `z0` (float32).
 Progress goes to stderr, one JSON line with nfe, seconds, num, solver to stdout.
@@ -20,7 +21,8 @@ from . import atomic
 from .checkpoint import load_model
 from .cli import report
 from .device import pick_device
-from .solvers import SOLVERS, sample, solver_options, solvers_set_by
+from .runtime import RUNTIMES, TOLERANCE
+from .solvers import SOLVERS, check_runtime_for, sample, solver_options, solvers_set_by
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -39,11 +41,17 @@ def add_solver_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rtol", type=float, help=f"{', '.join(by_tol)} only: relative tolerance (default {tol})")
     steps = ", ".join(f"{SOLVERS[n].default_steps} for {n}" for n in by_steps)
     ap.add_argument("--steps", type=int, help=f"{', '.join(by_steps)} only: number of steps (default {steps})")
+    served = ", ".join(n for n, s in SOLVERS.items() if len(s.runtimes) > 1)
+    ap.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                    help=f"{served} only: run its networks on PyTorch or on ONNX Runtime (CPU; the same images "
+                         f"within {TOLERANCE:g}; default torch)")
 
 
 def solver_kwargs(args) -> dict:
     """The solver options of parsed arguments, checked; ValueError names the offending flag."""
-    return solver_options(args.solver, args.steps, args.atol, args.rtol, flag=lambda name: f"--{name}")
+    options = solver_options(args.solver, args.steps, args.atol, args.rtol, flag=lambda name: f"--{name}")
+    check_runtime_for(args.solver, args.runtime)
+    return {**options, "runtime": args.runtime}
 
 
 def progress_callback(bar: tqdm):

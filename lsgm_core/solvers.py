@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torchdiffeq import odeint
 
+from .runtime import RUNTIMES, check_runtime, student_on
 from .student import STEPS as STUDENT_STEPS, coefficient, move as student_move
 from .tensors import per_channel, per_sample, seeded_generator
 
@@ -402,14 +403,17 @@ def sde(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, step
     return z
 
 
+NO_STUDENT = ("this model has no distilled student: make one with python -m lsgm_core.distill --checkpoint C --out D, "
+              "then sample from D")
+
+
 def distilled(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, steps: int = 1, atol=None,
               rtol=None, generator=None, observer: Recorder | None = None) -> torch.Tensor:
     """The model's distilled student (lsgm_core.student) in `steps` evaluations on the log-SNR grid:
     z0_hat at each time, then a deterministic move to the next along eps_hat."""
     student = field.student
     if student is None:
-        raise ValueError("this model has no distilled student: make one with python -m lsgm_core.distill "
-                         "--checkpoint C --out D, then sample from D")
+        raise ValueError(NO_STUDENT)
     if steps not in student.steps:
         raise ValueError(f"the student was distilled for {', '.join(map(str, student.steps))} steps, not {steps}")
     prior_sde = field.prior.sde
@@ -437,6 +441,8 @@ class SolverSpec:
     takes_alpha: bool = True           # False: the prior's mixing coefficients do not enter it
     steps_choices: tuple[int, ...] | None = None  # the only step counts it takes (None: any from 1)
     student_decoder: bool = False      # decodes through the student's distilled decoder where there is one
+    runtimes: tuple[str, ...] = ("torch",)  # lsgm_core.runtime's runtimes its networks can run on
+    needs_student: bool = False        # runs the model's distilled student (lsgm_core.student)
 
 
 # Adding a solver: one function with the signature above and one entry here.
@@ -447,8 +453,15 @@ SOLVERS: dict[str, SolverSpec] = {
                        default_steps=20),
     # a student learned the flow at the model's own alpha: an override has nothing to act on
     "distilled": SolverSpec(distilled, "steps", "the model's distilled student (python -m lsgm_core.distill)",
-                            default_steps=1, takes_alpha=False, steps_choices=STUDENT_STEPS, student_decoder=True),
+                            default_steps=1, takes_alpha=False, steps_choices=STUDENT_STEPS, student_decoder=True,
+                            runtimes=RUNTIMES, needs_student=True),
 }
+
+
+def check_model_for(model, solver: str) -> None:
+    """Refuses a solver the model cannot run (the distilled one without a student) before any work."""
+    if SOLVERS[solver].needs_student and getattr(model, "student", None) is None:
+        raise ValueError(NO_STUDENT)
 
 
 def solvers_set_by(kind: str) -> list[str]:
@@ -488,22 +501,39 @@ def solver_options(solver: str, steps: int | None = None, atol: float | None = N
 
 
 def setting_forms() -> str:
-    """How to write a setting of each registered solver: "ode:TOL, sde:STEPS, fast:STEPS"."""
-    return ", ".join(f"{n}:{'TOL' if s.controlled_by == 'tolerance' else 'STEPS'}" for n, s in SOLVERS.items())
+    """How to write a setting of each registered solver: "ode:TOL, sde:STEPS, fast:STEPS", and
+    "[@RUNTIME]" after those whose networks run on more than one runtime."""
+    return ", ".join(f"{n}:{'TOL' if s.controlled_by == 'tolerance' else 'STEPS'}"
+                     + (f"[@{'|'.join(s.runtimes[1:])}]" if len(s.runtimes) > 1 else "") for n, s in SOLVERS.items())
+
+
+def check_runtime_for(solver: str, runtime: str) -> None:
+    check_runtime(runtime)
+    if runtime not in SOLVERS[solver].runtimes:
+        raise ValueError(f"the {solver} solver runs on {', '.join(SOLVERS[solver].runtimes)}, not {runtime}; the "
+                         f"{runtime} runtime serves the {', '.join(n for n, s in SOLVERS.items() if runtime in s.runtimes)} "
+                         "solver")
 
 
 def parse_setting(text: str) -> dict:
-    """"ode:1e-5" (atol = rtol) or "fast:10" (steps) -> sample()'s keyword arguments, checked."""
-    solver, _, value = text.partition(":")
+    """"ode:1e-5" (atol = rtol), "fast:10" (steps) or "distilled:1@onnxruntime" (steps, runtime) ->
+    sample()'s keyword arguments, checked."""
+    setting, _, runtime = text.partition("@")
+    solver, _, value = setting.partition(":")
     spec = SOLVERS.get(solver)
     try:
         if spec is None or not value:
             raise ValueError
         if spec.controlled_by == "tolerance":
-            return {"solver": solver, **solver_options(solver, atol=float(value), rtol=float(value))}
-        return {"solver": solver, **solver_options(solver, steps=int(value))}
+            options = {"solver": solver, **solver_options(solver, atol=float(value), rtol=float(value))}
+        else:
+            options = {"solver": solver, **solver_options(solver, steps=int(value))}
     except ValueError:
         raise ValueError(f"solver setting {text!r}: write {setting_forms()} (TOL > 0, STEPS > 0)") from None
+    if runtime:
+        check_runtime_for(solver, runtime)
+        options["runtime"] = runtime
+    return options
 
 
 # sampling ----------------------------------------------------------------------------------------
@@ -517,7 +547,7 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
            steps: int | None = None, alpha: float | torch.Tensor | None = None, temperature: float = 1.0,
            seed: int | None = 0, record_times: int | Sequence[float] | None = None, device=None,
            batch_size: int | None = None, z1: torch.Tensor | None = None,
-           callback: Callable[[dict], None] | None = None) -> SampleResult:
+           callback: Callable[[dict], None] | None = None, runtime: str = "torch") -> SampleResult:
     """Draw `num` samples: z1 ~ N(0, T^2 I), integrate to ODE_EPS with `solver`, decode.
 
     `solver` names an entry of SOLVERS: "ode" is set by atol/rtol (default 1e-5), "sde" (default
@@ -527,9 +557,12 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
     does. A given `z1` is used as is. `alpha` overrides the prior's mixing coefficients; `device`
     moves the model there (default: where it is). `record_times` keeps a trajectory (`Recorder`).
     `callback` receives {"solver", "t", "nfe", "done", "batch", "batches"} at every network
-    evaluation; raising from it aborts the sampling.
+    evaluation; raising from it aborts the sampling. `runtime` runs the networks of a solver that
+    takes it (`SolverSpec.runtimes`: the distilled student's) on lsgm_core.runtime's ONNX Runtime.
     """
     options = solver_options(solver, steps, atol, rtol)
+    check_runtime_for(solver, runtime)
+    check_model_for(model, solver)
     if alpha is not None and not SOLVERS[solver].takes_alpha:
         raise ValueError(f"alpha does not apply to the {solver} solver (it learned the flow at the model's own "
                          "alpha); leave it unset")
@@ -551,6 +584,7 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
     elif tuple(z1.shape) != (num,) + shape:
         raise ValueError(f"z1 must have shape {[num, *shape]}, got {list(z1.shape)}")
     z1 = z1.to(device=device, dtype=torch.float32)
+    student = student_on(model, runtime)
 
     batch_size = batch_size or num
     chunks = z1.split(batch_size)
@@ -562,7 +596,7 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
             report = lambda t, n, b=b, base=nfe: callback({  # noqa: E731
                 "solver": solver, "t": t, "nfe": base + n, "batch": b, "batches": len(chunks),
                 "done": (b + (1.0 - t) / (1.0 - ODE_EPS)) / len(chunks)})
-        field = ProbabilityFlow(model.prior, alpha, report, getattr(model, "student", None))
+        field = ProbabilityFlow(model.prior, alpha, report, student)
         recorder = Recorder(record_times, 1.0, ODE_EPS) if record_times is not None else None
         with torch.no_grad():
             outs.append(SOLVERS[solver].fn(field, chunk, t_end=ODE_EPS, generator=generator, observer=recorder,
@@ -571,7 +605,8 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
         nfe += field.nfe
     z0 = torch.cat(outs)
     with torch.no_grad():
-        images = torch.cat([model.decode_images(c, SOLVERS[solver].student_decoder) for c in z0.split(batch_size)])
+        decoder = student.decoder if SOLVERS[solver].student_decoder and student is not None else None
+        images = torch.cat([model.decode_images(c, decoder) for c in z0.split(batch_size)])
     seconds = time.perf_counter() - start
     return SampleResult(z0, images, nfe, seconds, _join(trajs) if record_times is not None else None)
 

@@ -24,6 +24,8 @@ a 1-step sample's time. The `distilled` solver decodes with it when it is there.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -66,6 +68,14 @@ class Student(nn.Module):
         if getattr(prior, "mixed", False):
             student.active.copy_(prior.active)
         return student
+
+    def with_networks(self, net: nn.Module, decoder: nn.Module | None, **info) -> "Student":
+        """This student with `net` and `decoder` in place of its own (lsgm_core.runtime's ONNX Runtime
+        sessions), its buffers shared; `info` is kept as attributes (e.g. max_abs_diff)."""
+        other = copy.copy(self)
+        other._modules = {**self._modules, "net": net, "decoder": decoder}
+        other.__dict__.update(info)
+        return other
 
     def forward(self, zt: torch.Tensor, t) -> torch.Tensor:
         """z0_hat of the ODE through (z_t, t); t a number or [B]."""

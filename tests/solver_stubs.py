@@ -58,6 +58,7 @@ class GaussianStudent(nn.Module):
     z_t = k_t z1 and z0 = r z_t / k_t, a linear map the k-step distilled solver must reproduce."""
 
     steps = (1, 2, 4)
+    decoder = None  # decodes as the model does
 
     def __init__(self, prior, t_end: float):
         super().__init__()
@@ -100,3 +101,16 @@ def random_prior(sde: str = "geometric_vpsde") -> ScorePrior:
                                                   "attention": False})
     nn.init.normal_(prior.net.conv_out.weight, std=0.5)
     return prior.eval()
+
+
+def untrained_student(model) -> tuple[Student, dict]:
+    """A seeded, untrained student for a checkpoint's model (U-Net 8 wide, a decoder of widths 8, 16),
+    its output layer drawn at random (a new U-Net's is zero) so that it moves z far from the
+    Gaussian posterior mean; and its config, as a checkpoint holds it."""
+    prior = model.config["model"]["prior"]
+    config = {"sde": prior["sde"], "net": {**prior["net"], "channels": 8}, "sigma_data": 0.7,
+              "decoder": {"out_channels": 1, "channels": [8, 16], "num_res_blocks": 1}}
+    torch.manual_seed(0)
+    student = Student.from_config(config, model.prior).eval()
+    nn.init.normal_(student.net.conv_out.weight, std=0.2)
+    return student, config

@@ -4,13 +4,22 @@ import shutil
 import pytest
 
 pytest.importorskip("gradio")
-from app.__main__ import main, parse_args  # noqa: E402
+from app.__main__ import app_runtime, main, parse_args  # noqa: E402
 from app.models import Registry  # noqa: E402
+from lsgm_core.runtime import available  # noqa: E402
 
 
 def test_defaults_serve_this_machine_only_and_open_a_browser():
     args = parse_args([])
     assert args.host == "127.0.0.1" and args.port is None and not args.no_browser and args.checkpoint is None
+
+
+def test_runtime_auto_is_onnxruntime_on_a_cpu_where_installed_and_onnxruntime_refuses_a_gpu():
+    assert parse_args([]).runtime == "auto"
+    assert app_runtime("auto", "cpu") == ("onnxruntime" if available("onnxruntime") else "torch")
+    assert app_runtime("auto", "cuda") == "torch" and app_runtime("torch", "cpu") == "torch"
+    with pytest.raises(ValueError, match="add --device cpu or use --runtime torch"):
+        app_runtime("onnxruntime", "cuda")
 
 
 def test_checkpoint_flag_adds_a_model_from_anywhere_and_shows_it_first(tiny_checkpoints, tmp_path):

@@ -20,6 +20,7 @@ from app import live_timing
 from app.images import display_scale, grid, to_pil
 from app.tabs import explore
 from lsgm_core import load_model
+from lsgm_core.runtime import available
 from lsgm_core.solvers import sample
 
 pytestmark = pytest.mark.slow
@@ -56,6 +57,7 @@ def test_the_live_grid_is_the_students_samples_and_off_means_hidden(client, dist
                                    api_name="/sample_live")
     want = sample(model, 9, "distilled", steps=2, seed=3, temperature=0.8)
     assert update["visible"] and 'data-num="9"' in update["value"] and "NFE 2" in stats
+    assert ("on onnxruntime" in stats) == available("onnxruntime")  # the app's --runtime auto on a CPU
     assert_same_image(png_of(update["value"]), grid(want.images))
     hidden, _ = client.predict("checkpoints/tiny-student", 9, 3, 0.8, "distilled", 2, 1.0, False,
                                api_name="/sample_live")

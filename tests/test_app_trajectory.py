@@ -48,7 +48,7 @@ def test_the_students_paths_start_from_the_runs_z1_and_end_on_its_samples(client
     run_z0 = sample(model, n, "fast", steps=5, z1=z1).z0
     columns = [round(t, 6) for t in time_grid(model.prior.sde, max(model.student.steps))[0].tolist()]
     side = model.image_size - 2 * model.crop
-    start = grey(model.decode_images(z1, student=True)[0])
+    start = grey(model.decode_images(z1, model.student.decoder)[0])
     gaps = {int(k): float(g) for k, g in re.findall(r"(\d) steps? \*\*([0-9.]+)\*\*", stats)}
     assert list(gaps) == list(model.student.steps), stats
     for block, k in enumerate(model.student.steps):

@@ -1,6 +1,7 @@
 """lsgm_core.comparison: a model against a baseline at one seed and the same solver settings."""
 import pytest
 import torch
+from solver_stubs import untrained_student
 
 from lsgm_core import load_model
 from lsgm_core.comparison import MIN_SECONDS, compare, speedup
@@ -57,7 +58,7 @@ def test_progress_runs_over_both_sides_and_stopping_it_aborts(models):
         compare(lsgm, pixel, 2, "fast", steps=3, callback=stop)
 
 
-def test_bad_settings_are_refused_before_any_work_and_a_sides_own_error_names_it(models):
+def test_bad_settings_are_refused_before_any_work_and_a_sides_own_error_names_it(models, monkeypatch):
     lsgm, pixel = models
     seen = []
     with pytest.raises(ValueError, match="^steps must be at least 1"):
@@ -68,3 +69,8 @@ def test_bad_settings_are_refused_before_any_work_and_a_sides_own_error_names_it
     # neither tiny model has a distilled student: the model's side is the first to say so
     with pytest.raises(ValueError, match="^the model: this model has no distilled student"):
         compare(lsgm, pixel, 2, "distilled", steps=1)
+    # with one, the baseline's lack of it is refused before the model's samples are drawn
+    monkeypatch.setattr(lsgm, "student", untrained_student(lsgm)[0])
+    with pytest.raises(ValueError, match="^the baseline: this model has no distilled student"):
+        compare(lsgm, pixel, 2, "distilled", steps=1, callback=seen.append)
+    assert seen == []

@@ -142,7 +142,7 @@ def test_adding_a_solver_is_one_function_and_one_entry(monkeypatch):
     assert parse_setting("euler:10") == {"solver": "euler", "steps": 10}
     ap = argparse.ArgumentParser()
     add_solver_args(ap)
-    assert solver_kwargs(ap.parse_args(["--solver", "euler"])) == {"steps": 50}
+    assert solver_kwargs(ap.parse_args(["--solver", "euler"])) == {"steps": 50, "runtime": "torch"}
     with pytest.raises(ValueError, match="--atol and --rtol apply"):
         solver_kwargs(ap.parse_args(["--solver", "euler", "--atol", "1e-3"]))
     assert solver_options("euler") == {"steps": 50}

@@ -97,9 +97,11 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         base = ctx.registry.load(baseline_id)
         checked_kind(base, baseline_id, BASELINE_KIND, "Baseline",
                      "pick a pixel-space model (sgm-...-pixel) as the Baseline; the LSGM side is the model picker")
+        report = progress_callback(progress, ctx.cancellations.checker(request))
+        names = {"model": model_id, "baseline": baseline_id}  # the progress text names the model it samples
         with torch.inference_mode():
             c = compare(model, base, n, solver, **kwargs, seed=seed,
-                        callback=progress_callback(progress, ctx.cancellations.checker(request)))
+                        callback=lambda d: report({**d, "side": names[d["side"]]}))
         line = (f"{n} samples each · seed {seed} · solver **{solver}** ({describe_args(kwargs)}) for both · "
                 f"baseline / latent: **{c.speedup['seconds']:.1f}×** the wall time, "
                 f"**{c.speedup['nfe']:.2f}×** the NFE")

@@ -119,7 +119,8 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         model = ctx.registry.load(model_id)
         solver, options = sampler(model)
         with torch.inference_mode():
-            image = solvers.sample(model, 1, solver, **options, z1=start(model, s, c, cache.get(model))).images[0]
+            image = solvers.sample(model, 1, solver, **options, z1=start(model, s, c, cache.get(model)),
+                                   runtime=ctx.runtime_for(solver)).images[0]
         im = to_pil(image, display_scale(image.shape[-1], VIEW_PIXELS))
         return (f'<img src="{data_uri(im)}" alt="the sample at seed {s}" data-seed="{s}" '
                 f'data-coords="{",".join(f"{v:g}" for v in c)}" style="image-rendering: pixelated">')

@@ -56,10 +56,12 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
         scale = checked_alpha_scale(alpha_scale)
         seed, temperature = integer("seed", seed, 0, 2**31 - 1), checked_temperature(temperature)
         model = ctx.registry.load(model_id)
+        runtime = ctx.runtime_for(solver)
         with torch.inference_mode():
             result = solvers.sample(model, n, solver, **kwargs, seed=seed, temperature=temperature,
-                                    alpha=scaled_alpha(model, scale, solver), callback=callback)
-        text = (f"**{n} samples** · solver **{solver}** ({describe_args(kwargs)}) · **NFE {result.nfe}** · "
+                                    alpha=scaled_alpha(model, scale, solver), callback=callback, runtime=runtime)
+        on = "" if runtime == "torch" else f" on {runtime}"
+        text = (f"**{n} samples** · solver **{solver}** ({describe_args(kwargs)}{on}) · **NFE {result.nfe}** · "
                 f"**{result.seconds:.2f} s** · "
                 + (f"alpha {scale:g} × learned" if alpha_applies(model, solver) else
                    "alpha as learned" if is_mixed(model) else "no mixed prior"))

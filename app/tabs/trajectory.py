@@ -25,7 +25,7 @@ def student_paths(model, z1: torch.Tensor) -> list[tuple[int, torch.Tensor, torc
         result = solvers.sample(model, len(z1), "distilled", steps=k, z1=z1, record_times=times)
         zt = result.trajectory.zt[:-1]
         # the last state is the sample itself: its image as sample() gives it, not a second decode
-        states = model.decode_images(zt.flatten(0, 1), student=True).unflatten(0, zt.shape[:2])
+        states = model.decode_images(zt.flatten(0, 1), model.student.decoder).unflatten(0, zt.shape[:2])
         out.append((k, result.trajectory.times, torch.cat([states, result.images[None]]), result.z0))
     return out
 

@@ -1,0 +1,116 @@
+"""Runtimes for the distilled student's networks: PyTorch (the default), or ONNX Runtime on the CPU.
+
+A 1-step sample is two small networks, the student's U-Net and its decoder, on a batch of 16 or so;
+PyTorch's eager kernels spend much of that time on per-call overhead and layout changes, where
+ONNX Runtime runs the same graph with fused convolutions in about half the time on a CPU (README,
+"Distillation"). `student_on(model, "onnxruntime")` exports the student's U-Net and decoder to
+ONNX (in memory, nothing written), opens an ONNX Runtime session for each, and returns a copy of
+the student that runs them; its preconditioning, moves and the likelihood's mean stay in PyTorch.
+Every conversion is checked on a seeded probe against PyTorch, and refused beyond TOLERANCE.
+The result is cached per student and rebuilt when its weights change.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import warnings
+import weakref
+
+import torch
+from torch import nn
+
+from .student import STEPS, Student
+
+RUNTIMES = ("torch", "onnxruntime")
+# largest |difference| allowed between a converted network's outputs and PyTorch's on the probe
+# (float32 kernels that sum in another order differ by about 1e-6 here)
+TOLERANCE = 1e-4
+_CACHE: "weakref.WeakKeyDictionary[Student, tuple[tuple, Student]]" = weakref.WeakKeyDictionary()
+_CONVERTING = threading.Lock()  # torch.onnx.export keeps global state: one export at a time (the app's threads)
+
+
+class OnnxNetwork(nn.Module):
+    """`module` exported to ONNX and run by an ONNX Runtime session on the CPU (batch size free)."""
+
+    def __init__(self, module: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...], threads: int):
+        super().__init__()
+        import onnxruntime
+
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            # the U-Net's check of the latent's size is a constant of the traced graph, as it should be;
+            # the TorchScript exporter is deprecated, but needs no onnxscript and exports in a second
+            # (torch is pinned in requirements.txt)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(module, example, buffer, dynamo=False, input_names=list(names), output_names=["out"],
+                              dynamic_axes={n: {0: "batch"} for n in (*names, "out")})
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.log_severity_level = 3  # its warnings about unused initialisers are not the user's concern
+        self.names = names
+        self.session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if any(x.device.type != "cpu" for x in inputs):
+            raise ValueError("the onnxruntime runtime runs on the CPU; for a model on another device use runtime torch")
+        feeds = {n: x.detach().float().contiguous().numpy() for n, x in zip(self.names, inputs)}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
+
+
+def check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime":
+        try:
+            import onnx  # noqa: F401  (torch.onnx.export needs it)
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ValueError("the onnxruntime runtime needs the onnx and onnxruntime packages: "
+                             "pip install -r requirements.txt (or use runtime torch)") from None
+
+
+def available(runtime: str) -> bool:
+    """Whether `runtime` can run here (its packages are installed)."""
+    try:
+        check_runtime(runtime)
+    except ValueError:
+        return False
+    return True
+
+
+def _converted(student: Student, threads: int) -> Student:
+    # the probe: seeded z_t over the range of times the student's grids use, at two batch sizes
+    t = torch.linspace(0.05, 1.0, 2 * max(STEPS))
+    z = torch.randn((len(t), *student.shape), generator=torch.Generator().manual_seed(0))
+    net = student.net.float().eval()
+    fast_net = OnnxNetwork(net, (z, t), ("z", "t"), threads)
+    pairs = [(fast_net, net, (z, t)), (fast_net, net, (z[:3], t[:3]))]
+    fast_decoder = None
+    if student.decoder is not None:
+        decoder = student.decoder.float().eval()
+        fast_decoder = OnnxNetwork(decoder, (z,), ("z",), threads)
+        pairs += [(fast_decoder, decoder, (z,)), (fast_decoder, decoder, (z[:3],))]
+    with torch.no_grad():
+        worst = max((fast(*args) - slow(*args)).abs().max().item() for fast, slow, args in pairs)
+    if not worst <= TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime's student differs from PyTorch's by {worst:.2e} (more than {TOLERANCE:g}); "
+                           "use runtime torch")
+    return student.with_networks(fast_net, fast_decoder, max_abs_diff=worst)
+
+
+def student_on(model, runtime: str) -> Student | None:
+    """The model's student as `runtime` runs it (None: the model has none). "torch": the student itself."""
+    check_runtime(runtime)
+    student = getattr(model, "student", None)
+    if student is None or runtime == "torch":
+        return student
+    if any(p.device.type != "cpu" for p in student.parameters()):
+        raise ValueError("the onnxruntime runtime runs on the CPU; for a model on another device use runtime torch")
+    # in-place updates (an optimiser's step, load_state_dict) bump a tensor's version: convert again
+    key = (torch.get_num_threads(), *((p.data_ptr(), p._version) for p in student.parameters()))
+    with _CONVERTING:
+        cached = _CACHE.get(student)
+        if cached is None or cached[0] != key:
+            cached = _CACHE[student] = (key, _converted(student, torch.get_num_threads()))
+    return cached[1]

@@ -36,9 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="MNIST / Fashion-MNIST folder, for training and for latent maps of more than the "
                          "5,000 shipped test images (default: $LSGM_DATA_DIR if set)")
     ap.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"),
-                    help="what runs the distilled student's networks: onnxruntime (CPU only; about twice as fast "
-                         "there, the same images within 1e-4) or torch; auto (default): onnxruntime on a CPU "
-                         "where it is installed, else torch")
+                    help="what runs the distilled student's networks: onnxruntime (CPU only; a 1-step sample "
+                         "about 1.5x as fast there, the same images within 1e-4) or torch; auto (default): "
+                         "onnxruntime on a CPU where it is installed, else torch")
     ap.add_argument("--checkpoints-dir", type=Path, default=CHECKPOINTS, help=f"shipped models (default {CHECKPOINTS})")
     ap.add_argument("--runs-dir", type=Path, default=RUNS, help=f"runs trained from the app (default {RUNS})")
     return ap.parse_args(argv)

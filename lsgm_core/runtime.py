@@ -56,8 +56,7 @@ class OnnxNetwork(nn.Module):
         self.session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        if any(x.device.type != "cpu" for x in inputs):
-            raise ValueError("the onnxruntime runtime runs on the CPU; for a model on another device use runtime torch")
+        # CPU inputs only: student_on refuses a student off the CPU before any conversion or run
         feeds = {n: x.detach().float().contiguous().numpy() for n, x in zip(self.names, inputs)}
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
@@ -112,9 +111,10 @@ def student_on(model, runtime: str) -> Student | None:
     if any(p.device.type != "cpu" for p in student.parameters()):
         raise ValueError("the onnxruntime runtime runs on the CPU; for a model on another device use runtime torch")
     # in-place updates (an optimiser's step, load_state_dict) bump a tensor's version: convert again
-    key = (torch.get_num_threads(), *((p.data_ptr(), p._version) for p in student.parameters()))
+    threads = torch.get_num_threads()
+    key = (threads, *((p.data_ptr(), p._version) for p in student.parameters()))
     with _CONVERTING:
         cached = _CACHE.get(student)
         if cached is None or cached[0] != key:
-            cached = _CACHE[student] = (key, _converted(student, torch.get_num_threads()))
+            cached = _CACHE[student] = (key, _converted(student, threads))
     return cached[1]

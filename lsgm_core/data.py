@@ -44,6 +44,7 @@ __all__ = [
     "DataError",
     "ImageDataset",
     "dataset_spec",
+    "config_dataset",
     "download_dataset",
     "load_dataset",
     "read_cifar_batch",
@@ -800,3 +801,8 @@ def load_dataset(
         num_classes=len(spec.class_names),
         crop=pad,
     )
+
+
+def config_dataset(data: dict, split: str = "train", data_dir: str | os.PathLike | None = None) -> ImageDataset:
+    """The split of the data set that a config's ``data`` section names, at its image size and channels."""
+    return load_dataset(data["dataset"], split, data_dir, image_size=data["image_size"], channels=data["channels"])

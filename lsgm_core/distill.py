@@ -2,7 +2,8 @@
 
     python -m lsgm_core.distill --checkpoint C --out D [--pairs 20000] [--teacher-steps 40]
                                 [--train-steps 3000] [--batch-size 256] [--channels N] [--lr 2e-4] [--seed 0]
-                                [--decoder-channels 32,64 [--decoder-res-blocks 1] [--decoder-steps N]]
+                                [--decoder-channels 32,64 [--decoder-res-blocks 1] [--decoder-steps N]
+                                 [--decoder-posterior N --data-dir DATA]]
                                 [--own-path F] [--pairs-cache FILE] [--student-from S]
 
 1. Teacher pairs: --pairs draws z1 ~ N(0, I) (seeded) and the ODE's end point z0 of each, by the
@@ -15,7 +16,10 @@
    paths (its moves made by itself), so that the later steps learn to correct the earlier ones.
    With --decoder-channels the student gets a decoder of its own, the VAE decoder's architecture at
    those widths, trained to give the model's mean images from the teacher's z0 (mean squared error
-   over the pixels): 1-step samples then skip the full decoder, most of their cost.
+   over the pixels): 1-step samples then skip the full decoder, most of their cost. With
+   --decoder-posterior N it also learns from one posterior sample z0 ~ q(z0|x) of each of N random
+   training images: the student's z0 miss the teacher's, and a decoder that has seen more of the
+   latent space than the teacher's samples gives the model's images there too.
    With --student-from S the student starts from the one in checkpoint S (its U-Net, its sigma_data,
    and its decoder, which is kept as it is unless --decoder-channels trains a new one): a student
    follows its teacher after further training of the prior for a fraction of a new one's cost.
@@ -45,9 +49,11 @@ from tqdm import tqdm
 from . import atomic
 from .checkpoint import derived_meta, load_model, save_checkpoint
 from .cli import report
+from .data import config_dataset
 from .device import pick_device
 from .ema import EMA
 from .nets import Decoder
+from .quality import posterior_samples
 from .solvers import ODE_EPS, sample, time_grid
 from .student import STEPS, Student, move
 from .tensors import per_channel, per_sample, seeded_generator
@@ -227,6 +233,14 @@ def distill_decoder(model, z0: torch.Tensor, channels, num_res_blocks: int, trai
     return _fit(decoder, batch_loss, train_steps, lr, ema, seed, "decoder", progress), spec
 
 
+def decoder_posterior(model, num: int, data_dir=None, seed: int = 0) -> torch.Tensor:
+    """One z0 ~ q(z0|x) of each of `num` random training images of the model's data set, on the CPU."""
+    train = config_dataset(model.config["data"], "train", data_dir)
+    if num > len(train):
+        raise ValueError(f"--decoder-posterior {num}: the {train.name} training set has {len(train)} images")
+    return posterior_samples(model, train, torch.randperm(len(train), generator=seeded_generator(seed))[:num], seed)
+
+
 def decoder_error(model, z0: torch.Tensor) -> dict[str, float]:
     """Mean and largest |student decoder's image - model decoder's image| over the pixels of z0's images."""
     with torch.no_grad():
@@ -254,6 +268,11 @@ def main(argv=None) -> int:
     ap.add_argument("--decoder-res-blocks", type=int, default=1, help="residual blocks per level of that decoder "
                     "(default 1)")
     ap.add_argument("--decoder-steps", type=int, help="its optimisation steps (default: --train-steps)")
+    ap.add_argument("--decoder-posterior", type=int, default=0, metavar="N", help="that decoder also learns from one "
+                    "posterior sample z0 ~ q(z0|x) of each of N random training images (the data set is read from "
+                    "--data-dir), so that it sees latents beyond the teacher's samples (default 0)")
+    ap.add_argument("--data-dir", help="data folder for --decoder-posterior (default: $LSGM_DATA_DIR or "
+                    "~/.cache/lsgm/data)")
     ap.add_argument("--pairs-cache", help="a safetensors file that keeps the teacher pairs for the next run "
                     "with the same teacher, --pairs, --teacher-steps and --seed")
     ap.add_argument("--student-from", help="a checkpoint whose student to start from (and whose decoder to keep "
@@ -296,6 +315,10 @@ def run(args) -> dict:
     for name in ("pairs", "teacher_steps", "train_steps", "batch_size", "decoder_res_blocks", "decoder_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.decoder_posterior < 0:
+        raise ValueError(f"--decoder-posterior is a number of training images, 0 or more; got {args.decoder_posterior}")
+    if args.decoder_posterior and args.decoder_channels is None:
+        raise ValueError("--decoder-posterior trains the student's own decoder: give --decoder-channels too")
     if args.pairs <= HELD_OUT:
         raise ValueError(f"--pairs must exceed the {HELD_OUT} held-out pairs, got {args.pairs}")
     if not 0.0 <= args.own_path <= 1.0:
@@ -314,6 +337,8 @@ def run(args) -> dict:
             raise ValueError(f"--decoder-channels needs {len(model.config['model']['vae_channels'])} widths, one per "
                              f"level of the model's decoder ({model.config['model']['vae_channels']}); "
                              f"got {args.decoder_channels}")
+    posterior = decoder_posterior(model, args.decoder_posterior, args.data_dir, args.seed) \
+        if args.decoder_posterior else None
     progress = not args.no_progress
     start = time.perf_counter()
     z1, z0, cached = (cached_pairs(model, args.pairs_cache, args.pairs, args.teacher_steps, args.seed, progress)
@@ -337,10 +362,12 @@ def run(args) -> dict:
                          if start_from is None else start_from[1])
     if args.decoder_channels is not None:
         start = time.perf_counter()
+        z0 = train[1] if not args.decoder_posterior else torch.cat([train[1], posterior])
         model.student.decoder, config["student"]["decoder"] = distill_decoder(
-            model, train[1], args.decoder_channels, args.decoder_res_blocks, args.decoder_steps, args.batch_size,
+            model, z0, args.decoder_channels, args.decoder_res_blocks, args.decoder_steps, args.batch_size,
             seed=args.seed, progress=progress)
-        figures.update(decoder_steps=args.decoder_steps, decoder_seconds=round(time.perf_counter() - start, 1))
+        figures.update(decoder_steps=args.decoder_steps, decoder_posterior=args.decoder_posterior,
+                       decoder_seconds=round(time.perf_counter() - start, 1))
     figures["float16_images_max_abs"] = round_to_half(model, held[0][:256])
     # what ships: the figures of the rounded student
     figures["student_rel_rmse"] = student_error(model, *held)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_model
 from .cli import report
-from .data import load_dataset
+from .data import config_dataset
 from .device import pick_device
 from .nelbo import PROBES, bits_per_dim, data_dims, nelbo
 from .solvers import SOLVERS, sample
@@ -88,8 +88,7 @@ def evaluate(args) -> dict:
     if model.kind == "pixel" and args.iw != 1:
         raise ValueError("--iw applies to LSGM checkpoints; the pixel baseline has no encoder")
     d = model.config["data"]
-    dataset = load_dataset(d["dataset"], args.split, args.data_dir, image_size=d["image_size"],
-                           channels=d["channels"])
+    dataset = config_dataset(d, args.split, args.data_dir)
     n = min(args.limit or len(dataset), len(dataset))
     gen = seeded_generator(args.seed)
     totals = {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "sq": 0.0}

@@ -24,15 +24,15 @@ import numpy as np
 import torch
 
 from . import features
-from .data import load_dataset
+from .data import config_dataset
 from .tensors import crop, seeded_generator
 
-__all__ = ["posterior_reconstructions", "posterior_fids", "fid_ratio", "sample_fids", "class_balance",
+__all__ = ["posterior_samples", "posterior_reconstructions", "posterior_fids", "fid_ratio", "sample_fids", "class_balance",
            "nearest_train_distances", "copy_check"]
 
 
-def posterior_reconstructions(model, dataset, idx: torch.Tensor, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
-    """Decoded z0 ~ q(z0|x) of dataset images `idx` (binary data binarised afresh), [N, C, H, W] in [0, 1].
+def posterior_samples(model, dataset, idx: torch.Tensor, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """z0 ~ q(z0|x) of dataset images `idx` (binary data binarised afresh), [N, ...] on the CPU.
     The binarisations and z0 draws are made for all images at once, so they do not depend on `batch_size`."""
     device = next(model.parameters()).device
     gen = seeded_generator(seed)
@@ -42,14 +42,16 @@ def posterior_reconstructions(model, dataset, idx: torch.Tensor, seed: int = 0, 
     with torch.no_grad():
         for xb, nb in zip(x.split(batch_size), noise.split(batch_size)):
             mu, log_sigma = model.encode(xb.to(device))
-            out.append(model.decode_images(mu + log_sigma.exp() * nb.to(device)).cpu())
+            out.append((mu + log_sigma.exp() * nb.to(device)).cpu())
     return torch.cat(out)
 
 
-def _reference(model, data_dir):
-    d = model.config["data"]
-    return d["dataset"], lambda split: load_dataset(d["dataset"], split, data_dir, image_size=d["image_size"],
-                                                    channels=d["channels"])
+def posterior_reconstructions(model, dataset, idx: torch.Tensor, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """Decoded posterior_samples of dataset images `idx`, [N, C, H, W] in [0, 1]."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return torch.cat([model.decode_images(z.to(device)).cpu()
+                          for z in posterior_samples(model, dataset, idx, seed, batch_size).split(batch_size)])
 
 
 def posterior_fids(model, num: int, data_dir=None, seed: int = 0, batch_size: int = 500) -> dict:
@@ -57,8 +59,8 @@ def posterior_fids(model, num: int, data_dir=None, seed: int = 0, batch_size: in
     `posterior_fid` of random training images (the floor), `posterior_fid_paired` of the test images."""
     if model.kind != "lsgm":
         raise ValueError("posterior reconstructions need an encoder; the pixel baseline has none")
-    name, load = _reference(model, data_dir)
-    train, test = load("train"), load("test")
+    name = model.config["data"]["dataset"]
+    train, test = (config_dataset(model.config["data"], split, data_dir) for split in ("train", "test"))
     if num > len(test):
         raise ValueError(f"{num} images asked for, but the {name} test set has {len(test)}")
     idx = torch.randperm(len(train), generator=seeded_generator(seed))[:num]
@@ -109,8 +111,7 @@ def nearest_train_distances(images: torch.Tensor, train: torch.Tensor, batch_siz
 def copy_check(model, images: torch.Tensor, data_dir=None) -> dict:
     """Nearest-training-image distances of `images` (the model's mean images) against those of
     as many held-out test images, both as grey levels cropped to the data's size."""
-    _, load = _reference(model, data_dir)
-    train, test = load("train"), load("test")
+    train, test = (config_dataset(model.config["data"], split, data_dir) for split in ("train", "test"))
     train_images = crop(train.images.float() / 255.0, train.crop)
     n = min(len(images), len(test))
     held_out = crop(test.images[features.reference_indices(len(test), n)].float() / 255.0, test.crop)

@@ -19,7 +19,7 @@ from . import atomic
 from .checkpoint import (CheckpointError, check_fit, load_state, optimizers_from_tensors, optimizers_to_tensors,
                          read_checkpoint, resolve_checkpoint)
 from .config import ConfigError, fill_defaults, merge
-from .data import load_dataset
+from .data import config_dataset
 from .device import pick_device
 from .ema import EMA
 from .latents import LatentCache
@@ -112,8 +112,8 @@ class Run:
 
         d = config["data"]
         self.data_dir = data_dir
-        self.dataset = load_dataset(d["dataset"], "train", data_dir, image_size=d["image_size"], channels=d["channels"])
-        self.test_set = (load_dataset(d["dataset"], "test", data_dir, image_size=d["image_size"], channels=d["channels"])
+        self.dataset = config_dataset(d, "train", data_dir)
+        self.test_set = (config_dataset(d, "test", data_dir)
                          if not d["dataset"].startswith("folder:") else self.dataset)
         resolve_model_config(config, self.dataset)
         if t["eval_fid"]:

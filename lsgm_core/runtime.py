@@ -12,6 +12,7 @@ The result is cached per student and rebuilt when its weights change.
 """
 from __future__ import annotations
 
+import copy
 import io
 import threading
 import warnings
@@ -86,12 +87,13 @@ def _converted(student: Student, threads: int) -> Student:
     # the probe: seeded z_t over the range of times the student's grids use, at two batch sizes
     t = torch.linspace(0.05, 1.0, 2 * max(STEPS))
     z = torch.randn((len(t), *student.shape), generator=torch.Generator().manual_seed(0))
-    net = student.net.float().eval()
+    # copies, so that converting leaves the model's own student (perhaps in training, perhaps float16) as it was
+    net = copy.deepcopy(student.net).float().eval()
     fast_net = OnnxNetwork(net, (z, t), ("z", "t"), threads)
     pairs = [(fast_net, net, (z, t)), (fast_net, net, (z[:3], t[:3]))]
     fast_decoder = None
     if student.decoder is not None:
-        decoder = student.decoder.float().eval()
+        decoder = copy.deepcopy(student.decoder).float().eval()
         fast_decoder = OnnxNetwork(decoder, (z,), ("z",), threads)
         pairs += [(fast_decoder, decoder, (z,)), (fast_decoder, decoder, (z[:3],))]
     with torch.no_grad():

@@ -22,7 +22,7 @@ from .checkpoint import load_model
 from .cli import report
 from .device import pick_device
 from .runtime import RUNTIMES, TOLERANCE
-from .solvers import SOLVERS, check_runtime_for, sample, solver_options, solvers_set_by
+from .solvers import SOLVERS, check_runtime_for, sample, solver_options, solvers_on, solvers_set_by
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -41,7 +41,7 @@ def add_solver_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rtol", type=float, help=f"{', '.join(by_tol)} only: relative tolerance (default {tol})")
     steps = ", ".join(f"{SOLVERS[n].default_steps} for {n}" for n in by_steps)
     ap.add_argument("--steps", type=int, help=f"{', '.join(by_steps)} only: number of steps (default {steps})")
-    served = ", ".join(n for n, s in SOLVERS.items() if len(s.runtimes) > 1)
+    served = ", ".join(solvers_on("onnxruntime"))
     ap.add_argument("--runtime", default="torch", choices=RUNTIMES,
                     help=f"{served} only: run its networks on PyTorch or on ONNX Runtime (CPU; the same images "
                          f"within {TOLERANCE:g}; default torch)")

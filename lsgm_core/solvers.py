@@ -469,6 +469,11 @@ def solvers_set_by(kind: str) -> list[str]:
     return [name for name, spec in SOLVERS.items() if spec.controlled_by == kind]
 
 
+def solvers_on(runtime: str) -> list[str]:
+    """The registered solvers whose networks run on `runtime` (every one runs on "torch"), in registry order."""
+    return [name for name, spec in SOLVERS.items() if runtime in spec.runtimes]
+
+
 def solver_options(solver: str, steps: int | None = None, atol: float | None = None, rtol: float | None = None,
                    flag: Callable[[str], str] = str) -> dict:
     """The checked options of `solver`, defaults filled in: {"steps": N} or {"atol": a, "rtol": r}.
@@ -511,7 +516,7 @@ def check_runtime_for(solver: str, runtime: str) -> None:
     check_runtime(runtime)
     if runtime not in SOLVERS[solver].runtimes:
         raise ValueError(f"the {solver} solver runs on {', '.join(SOLVERS[solver].runtimes)}, not {runtime}; the "
-                         f"{runtime} runtime serves the {', '.join(n for n, s in SOLVERS.items() if runtime in s.runtimes)} "
+                         f"{runtime} runtime serves the {', '.join(solvers_on(runtime))} "
                          "solver")
 
 

@@ -7,6 +7,8 @@ import torch
 from solver_stubs import SDES, GaussianPrior, GaussianStudent, Wrap
 
 from lsgm_core import bench, distill, load_model, sample
+from lsgm_core.data import config_dataset
+from lsgm_core.quality import posterior_samples
 from lsgm_core.solvers import ODE_EPS, sample as draw
 from lsgm_core.student import STEPS, Student
 
@@ -167,12 +169,38 @@ def test_a_student_decoder_gives_the_models_images_and_the_distilled_solver_uses
 
 
 @pytest.mark.parametrize("argv,message", [(["--decoder-channels", "12,16"], "multiples of 8"),
-                                          (["--decoder-channels", "8"], "needs 2 widths")])
+                                          (["--decoder-channels", "8"], "needs 2 widths"),
+                                          (["--decoder-posterior", "100"], "give --decoder-channels too"),
+                                          (["--decoder-channels", "8,16", "--decoder-posterior", "-1"], "0 or more")])
 def test_distill_refuses_a_decoder_it_cannot_build(tiny_checkpoints, tmp_path, capsys, argv, message):
     code = distill.main([str(a) for a in ["--checkpoint", tiny_checkpoints["stage2"], "--out", tmp_path / "x",
                                           "--no-progress", *argv]])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_decoder_also_learns_from_posterior_samples_of_training_images(tiny_checkpoints, data_dir, tmp_path,
+                                                                          monkeypatch, capsys):
+    """--decoder-posterior N: the decoder's training latents are the teacher's z0 followed by one
+    z0 ~ q(z0|x) of each of N random training images, the encoder's own draws (posterior_samples)."""
+    seen = []
+    real = distill.distill_decoder
+    monkeypatch.setattr(distill, "distill_decoder", lambda model, z0, *a, **k: seen.append(z0) or real(model, z0, *a, **k))
+    out = tmp_path / "student"
+    code = distill.main([str(a) for a in ["--checkpoint", tiny_checkpoints["stage2"], "--out", out, "--pairs", 1100,
+                                          "--teacher-steps", 2, "--train-steps", 2, "--batch-size", 16,
+                                          "--decoder-channels", "8,16", "--decoder-steps", 2, "--channels", 8,
+                                          "--decoder-posterior", 300, "--data-dir", data_dir, "--seed", 4,
+                                          "--device", "cpu", "--no-progress"]])
+    assert code == 0 and json.loads(capsys.readouterr().out)["decoder_posterior"] == 300
+    model = load_model(tiny_checkpoints["stage2"])
+    train = config_dataset(model.config["data"], "train", data_dir)
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(4))[:300]
+    assert len(seen) == 1 and len(seen[0]) == 100 + 300
+    assert torch.allclose(seen[0][100:], posterior_samples(model, train, idx, seed=4), atol=1e-6)
+    assert load_model(out).meta["metrics"]["distillation"]["decoder_posterior"] == 300
+    with pytest.raises(ValueError, match="training set has 60000 images"):
+        distill.decoder_posterior(model, 60001, data_dir)
 
 
 def test_distill_refuses_a_decoder_for_a_pixel_model(pixel_checkpoint, tmp_path, capsys):

@@ -58,6 +58,15 @@ def test_the_conversion_is_cached_until_the_weights_change(model):
             model.student.net.conv_out.bias.sub_(0.5)
 
 
+def test_converting_leaves_a_student_in_training_as_it_was(tiny_checkpoints):
+    """The probe runs copies in eval mode and float32: the model's own student keeps its mode and dtype."""
+    model = with_student(tiny_checkpoints["stage2"])
+    model.student.train()
+    model.student.decoder = None
+    student_on(model, "onnxruntime")
+    assert model.student.training and all(m.training for m in model.student.modules())
+
+
 def test_runtimes_are_refused_where_they_do_not_apply(model, tiny_checkpoints, monkeypatch):
     with pytest.raises(ValueError, match="the fast solver runs on torch, not onnxruntime"):
         draw(model, 2, "fast", steps=2, runtime="onnxruntime")

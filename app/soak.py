@@ -6,11 +6,12 @@
 Without --url it launches `python -m app` itself (and reads its log). Each client is its own
 gradio_client session, looping until the time is up over a mix of the endpoints the server has
 (from its API description): Sample, Interpolate, Trajectory, Latent map (small maps, so most
-come from the app's cache of recent maps), the live endpoints where present, and bad inputs
+come from the app's cache of recent maps), Compare where the server lists a pixel baseline, the
+live endpoints where present, and bad inputs
 (each must be refused with a clear message; some carry NaN over the raw queue protocol).
 Requests are small ones, as a user clicking around sends: the soak is about lasting, not speed.
 
-Reported: the server's resident memory (RSS, sampled every second: start, end, peak; needs its
+Reported: the endpoints of the mix, the server's resident memory (RSS, sampled every second: start, end, peak; needs its
 pid, known when launched here or given with --pid), the queue's length over time (Gradio's
 /gradio_api/queue/status, sampled every second), latency percentiles per endpoint, answers by
 kind, and whether anything was lost: every request must get a result or a clear refusal within
@@ -44,6 +45,7 @@ GOOD = {
     "/interpolation_path": (1, {"mode": "linear_z0"}),
     "/trajectory": (2, {"num": 2, "frames": 4, "solver": "fast", "steps": 5}),
     "/latent_map": (1, {"points": 200, "samples": 20}),
+    "/compare": (1, {"num": 2, "solver": "fast", "steps": 3}),  # where the server lists a pixel baseline
     "/models": (1, {}),
     "/train_status": (1, {}),
 }
@@ -56,6 +58,7 @@ BAD = [
     ("/interpolate", {"count": 0}), ("/interpolate", {"a": None}), ("/interpolate", {"mode": "cubic"}),
     ("/latent_map", {"points": 5}), ("/latent_map", {"dataset": "imagenet"}),
     ("/train_start", {"steps": 0}), ("/train_start", {"size": "huge"}),
+    ("/compare", {"num": 0}), ("/compare", {"baseline_id": "../../etc/passwd"}),
 ]
 WEIGHT_BAD = 4
 
@@ -85,7 +88,8 @@ class Soak:
         if model is None:
             raise ValueError("the server has no model to serve")
         self.model = model
-        self.mix = [(n, w, o) for n, (w, o) in GOOD.items() if n in self.params]
+        self.mix = [(n, w, o) for n, (w, o) in GOOD.items() if n in self.params and self.servable(n)]
+        self.good = len(self.mix)
         self.mix += [(n, WEIGHT_BAD / len(BAD), o) for n, o in BAD if n in self.params]
         self.lock = threading.Lock()
         self.latency: dict[str, list[float]] = {}
@@ -93,6 +97,12 @@ class Soak:
         # the wrong one (a good request refused, a bad one accepted), or none at all (lost)
         self.answers = dict.fromkeys(("results", "refusals", "queue_full", "unclear", "wrong", "lost"), 0)
         self.problems: list[str] = []
+
+    def servable(self, name: str) -> bool:
+        """Whether a good request can be served here: /compare needs a pixel baseline, which its
+        Baseline parameter's default names where the server lists one."""
+        defaults = {p["parameter_name"]: p.get("parameter_default") for p in self.params[name]}
+        return name != "/compare" or bool(defaults.get("baseline_id"))
 
     def client(self):
         return self.Client(self.url, verbose=False, analytics_enabled=False,
@@ -155,7 +165,7 @@ class Soak:
         rng = random.Random(seed)
         client = self.client()
         names, weights = [(n, o) for n, _, o in self.mix], [w for _, w, _ in self.mix]
-        bad_from = sum(1 for n in GOOD if n in self.params)
+        bad_from = self.good
         while time.monotonic() < until:
             i = rng.choices(range(len(names)), weights)[0]
             self.one(client, *names[i], bad=i >= bad_from)
@@ -199,7 +209,8 @@ class Soak:
         return {
             "ok": not self.problems and not errors, "clients": self.args.clients, "minutes": self.args.minutes,
             "wall_s": round(wall, 1), "requests": sum(self.answers.values()), "lost": self.answers["lost"],
-            "answers": self.answers, "problems": self.problems[:20],
+            "endpoints": [n for n, _, _ in self.mix[:self.good]], "answers": self.answers,
+            "problems": self.problems[:20],
             "server_internal_errors": errors,
             "rss_mib": {"start": rss[0], "end": rss[-1], "peak": max(rss), "growth": round(rss[-1] - rss[0], 1),
                         "series": samples["rss_mib"][::every]} if rss else None,

@@ -42,6 +42,15 @@ def app_server(tiny_checkpoints, data_dir, tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="session")
+def compare_server(tiny_checkpoints, pixel_checkpoint, data_dir, tmp_path_factory):
+    """A server of the tiny LSGM (the default) and the tiny pixel baseline, both on binarized MNIST:
+    what the Compare tab needs (shared by its tests and the soak)."""
+    models = {"tiny-lsgm": tiny_checkpoints["stage2"], "tiny-pixel": pixel_checkpoint}
+    with serve_models(tmp_path_factory.mktemp("compare-app"), models, "tiny-lsgm", data_dir) as server:
+        yield server
+
+
 @contextlib.contextmanager
 def serve_models(root: Path, models: dict[str, Path], default: str, data_dir: Path):
     """`serve` over a checkpoints folder under `root` holding copies of `models` ({name: checkpoint}),

@@ -74,4 +74,4 @@ def pixel_checkpoint(tmp_path_factory, data_dir) -> Path:
                   "pixel_smoke.toml")
 
 
-from app_harness import app_server  # noqa: E402,F401  (a launched app, shared by the app tests)
+from app_harness import app_server, compare_server  # noqa: E402,F401  (launched apps, shared by the app tests)

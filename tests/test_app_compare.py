@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_harness import serve_models
 from PIL import Image
 
 from app.images import grid
@@ -23,13 +22,6 @@ from gradio_client import Client  # noqa: E402
 from test_app_api import error_of  # noqa: E402
 
 MODEL, BASELINE = "checkpoints/tiny-lsgm", "checkpoints/tiny-pixel"
-
-
-@pytest.fixture(scope="module")
-def compare_server(tiny_checkpoints, pixel_checkpoint, data_dir, tmp_path_factory):
-    models = {"tiny-lsgm": tiny_checkpoints["stage2"], "tiny-pixel": pixel_checkpoint}
-    with serve_models(tmp_path_factory.mktemp("compare-app"), models, "tiny-lsgm", data_dir) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

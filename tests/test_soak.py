@@ -69,17 +69,20 @@ def test_bad_arguments_are_refused():
 
 
 @pytest.mark.slow
-def test_a_short_soak_loses_nothing_and_reports_memory_queue_and_latency(app_server):
-    """4 clients for 20 s against the real app (the tiny model): every request answered, each as
-    expected (good ones served, bad ones refused with a message), no internal error in the log."""
-    out = subprocess.run([sys.executable, "-m", "app.soak", "--url", app_server.url, "--pid", str(app_server.proc.pid),
-                          "--server-log", str(app_server.stderr), "--clients", "4", "--minutes", str(20 / 60)],
+def test_a_short_soak_loses_nothing_and_reports_memory_queue_and_latency(compare_server):
+    """4 clients for 20 s against the real app (the tiny model and a pixel baseline, so that Compare
+    is in the mix): every request answered, each as expected (good ones served, bad ones refused with
+    a message), no internal error in the log."""
+    server = compare_server
+    out = subprocess.run([sys.executable, "-m", "app.soak", "--url", server.url, "--pid", str(server.proc.pid),
+                          "--server-log", str(server.stderr), "--clients", "4", "--minutes", str(20 / 60)],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 0 and report["ok"], (report, out.stderr[-3000:])
     assert report["lost"] == 0 and report["problems"] == [] and report["server_internal_errors"] == []
     answers = report["answers"]
     assert answers["results"] > 0 and sum(answers.values()) == report["requests"] >= 8
+    assert "/compare" in report["endpoints"]  # the server lists a pixel baseline, so Compare is soaked too
     served = sum(p["n"] for p in report["latency_s"].values())
     assert served == report["requests"]  # every answer timed under its endpoint
     rss = report["rss_mib"]

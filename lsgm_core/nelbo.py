@@ -71,8 +71,22 @@ def data_dims(model) -> int:
     return c * r * r
 
 
+def dequantized(x: torch.Tensor, levels: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Uniform dequantisation of images x in [0, 1] with `levels` values per pixel (2: binary, 256:
+    8-bit): y = 2 (k + u) / levels - 1 in [-1, 1) for pixel value k and u ~ U[0, 1), seeded, and the
+    log-volume of one image's bin in y-space, D log(2 / levels).
+
+    Whatever density p a model puts on y, P(x) = int_bin p(y) dy >= exp(E_u log p(y) + that volume)
+    (Jensen), so -log p(y) - D log(2 / levels) bounds -log P(x) of the discrete image from above."""
+    if levels < 2:
+        raise ValueError(f"dequantisation needs at least 2 levels per pixel, got {levels}")
+    k = (x * (levels - 1)).round()
+    u = torch.rand(x.shape, generator=generator).to(x)
+    return 2.0 * (k + u) / levels - 1.0, x[0].numel() * math.log(2.0 / levels)
+
+
 def nelbo(model, x: torch.Tensor, *, atol: float = 1e-5, rtol: float = 1e-5, iw_samples: int = 1,
-          probes: str = "rademacher", seed: int | None = 0) -> dict:
+          probes: str = "rademacher", seed: int | None = 0, dequantize: int | None = None) -> dict:
     """Per-sample NELBO of images x [B, C, H, W] in [0, 1], in nats, with the ODE prior likelihood.
 
     LSGM: nelbo = recon + kl with recon = -log p(x|z0), kl = log q(z0|x) - log p_ODE(z0), one
@@ -83,7 +97,10 @@ def nelbo(model, x: torch.Tensor, *, atol: float = 1e-5, rtol: float = 1e-5, iw_
 
     Pixel baseline: there is no encoder, so nelbo = kl = -log p_ODE(2x - 1) and recon = 0: the
     density of x as continuous pixels in [-1, 1] space, not dequantised; for binary or 8-bit data
-    it is not a likelihood of the discrete images and does not compare with an LSGM's NELBO.
+    it is not a likelihood of the discrete images and does not compare with an LSGM's NELBO. With
+    `dequantize` = the number of levels per pixel (2 for binary data), kl = -log p_ODE(y) of the
+    uniformly dequantised y (`dequantized`), recon = -D log(2 / levels) and nelbo = recon + kl, an
+    upper bound on -log P(x) of the discrete images, as an LSGM's NELBO is.
     """
     if iw_samples < 1:
         raise ValueError(f"iw_samples must be at least 1, got {iw_samples}")
@@ -92,8 +109,16 @@ def nelbo(model, x: torch.Tensor, *, atol: float = 1e-5, rtol: float = 1e-5, iw_
     if model.kind == "pixel":
         if iw_samples != 1:
             raise ValueError("the pixel baseline has no encoder: importance weighting (iw_samples > 1) does not apply")
-        logp, nfe = log_prob_ode(model.prior, 2.0 * x - 1.0, atol=atol, rtol=rtol, probes=probes, seed=seed)
-        return {"nelbo": -logp, "recon": torch.zeros_like(logp), "kl": -logp, "nfe": nfe}
+        y, log_volume = 2.0 * x - 1.0, 0.0
+        if dequantize is not None:  # u and the probes from one stream, so that they are independent draws
+            generator = seeded_generator(seed)
+            y, log_volume = dequantized(x, dequantize, generator)
+            seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+        logp, nfe = log_prob_ode(model.prior, y, atol=atol, rtol=rtol, probes=probes, seed=seed)
+        return {"nelbo": -logp - log_volume, "recon": torch.full_like(logp, -log_volume), "kl": -logp, "nfe": nfe}
+    if dequantize is not None:
+        raise ValueError("dequantisation applies to the pixel baseline: an LSGM's decoder already gives the discrete "
+                         "images' likelihood")
     generator = seeded_generator(seed)
     b, k = x.shape[0], iw_samples
     with torch.no_grad():

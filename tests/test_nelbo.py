@@ -74,3 +74,43 @@ def test_nelbo_of_the_tiny_model(tiny_and_images):
     # importance weighting: -log mean_k exp(-b_k) <= mean_k b_k for every draw, sample by sample
     iw = nelbo(model, x, atol=1e-4, rtol=1e-4, iw_samples=4)
     assert torch.all(iw["nelbo"] <= iw["recon"] + iw["kl"] + 1e-6)
+
+
+class PixelStub(torch.nn.Module):
+    """A pixel baseline whose prior is the exact Gaussian flow: its density of y is N(0, var I)."""
+    kind = "pixel"
+
+    def __init__(self, prior):
+        super().__init__()
+        self.prior, self.anchor = prior, torch.nn.Parameter(torch.zeros(()))
+
+
+@pytest.mark.parametrize("levels", [2, 256])
+def test_the_dequantised_bound_of_a_pixel_model_against_closed_forms(levels):
+    """y = 2 (k + u) / levels - 1 with u uniform: the bound is -log N(y) - D log(2 / levels). Its mean
+    over u has the closed form D/2 log(2 pi var) + E|y|^2 / (2 var) - D log(2 / levels), which is
+    never below the exact -log P(x) of the bins (Jensen); the draws average to it within their spread."""
+    prior = GaussianPrior(SDES["vpsde"], c=0.5)
+    var = (prior.s(ODE_EPS) / prior.s(1.0)).item() ** 2
+    x = torch.randint(0, levels, (64, *prior.shape), generator=torch.Generator().manual_seed(1)).double() / (levels - 1)
+    out = nelbo(PixelStub(prior), x.float(), seed=3, dequantize=levels)
+    d, w = x[0].numel(), 2.0 / levels
+    assert torch.allclose(out["nelbo"], out["recon"] + out["kl"])
+    assert out["recon"][0].item() == pytest.approx(-d * math.log(w))
+    a = 2.0 * (x * (levels - 1)).round() / levels - 1.0  # each pixel's bin [a, a + w)
+    normal = torch.distributions.Normal(0.0, math.sqrt(var))
+    exact = -(normal.cdf(a + w) - normal.cdf(a)).log().flatten(1).sum(1)
+    y2 = a.pow(2) + a * w + w ** 2 / 3  # E y^2 over a bin
+    y4 = ((a + w).pow(5) - a.pow(5)) / (5 * w)  # E y^4
+    expected = 0.5 * d * math.log(2 * math.pi * var) + y2.flatten(1).sum(1) / (2 * var) - d * math.log(w)
+    assert torch.all(expected >= exact)
+    spread = ((y4 - y2.pow(2)).sum().sqrt() / (2 * var) / len(x)).item()  # std of the mean over the draws
+    assert abs((out["nelbo"] - expected).mean().item()) < 4 * spread + 1e-3
+    assert out["nelbo"].std().item() > 0  # the draws of u are there
+    assert torch.equal(out["nelbo"], nelbo(PixelStub(prior), x.float(), seed=3, dequantize=levels)["nelbo"])
+
+
+def test_dequantisation_is_refused_for_an_lsgm(tiny_and_images):
+    model, x = tiny_and_images
+    with pytest.raises(ValueError, match="applies to the pixel baseline"):
+        nelbo(model, x, dequantize=2)

@@ -72,7 +72,15 @@ def test_evaluate_cli(tiny_checkpoints, pixel_checkpoint, data_dir, capsys):
         assert np.isfinite(info[key])
     assert info["bpd"] == pytest.approx(info["nelbo_nats"] / (784 * np.log(2)))
     code, stdout, _ = run_main(evaluate.main, ["--checkpoint", pixel_checkpoint, *common], capsys)
-    assert code == 0 and json.loads(stdout)["kind"] == "pixel" and json.loads(stdout)["recon_nats"] == 0.0
+    density = json.loads(stdout)
+    assert code == 0 and density["kind"] == "pixel" and density["recon_nats"] == 0.0
+    assert density["dequantize_levels"] is None and "not comparable" in density["note"]
+    code, stdout, _ = run_main(evaluate.main, ["--checkpoint", pixel_checkpoint, *common, "--dequantize"], capsys)
+    bound = json.loads(stdout)
+    # binary data: 2 levels, bins of width 1 in [-1, 1]: no volume term, a density at other points
+    assert code == 0 and bound["dequantize_levels"] == 2 and bound["recon_nats"] == 0.0
+    assert np.isfinite(bound["nelbo_nats"]) and bound["nelbo_nats"] != density["nelbo_nats"]
+    assert "comparable with an LSGM's NELBO" in bound["note"]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -80,6 +88,7 @@ def test_evaluate_cli(tiny_checkpoints, pixel_checkpoint, data_dir, capsys):
     (["--limit", 0], "--limit must be positive"),
     (["--atol", 0], "--atol must be positive"),
     (["--iw", 0], "--iw must be positive"),
+    (["--dequantize"], "applies to the pixel baseline"),
 ])
 def test_evaluate_cli_bad_input(tiny_checkpoints, data_dir, tmp_path, capsys, argv, message):
     argv = [str(a).replace("{missing}", str(tmp_path / "nope")) for a in argv]

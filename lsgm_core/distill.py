@@ -69,7 +69,7 @@ def teacher_pairs(model, num: int, steps: int, seed: int = 0, batch_size: int = 
     with tqdm(total=batches * steps, desc="teacher ODE", unit="nfe", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
         out = sample(model, num, "fast", steps=steps, z1=z1, batch_size=batch_size,
-                     callback=lambda _: bar.update(1))
+                     callback=lambda _: bar.update(1), decode=False)
     return z1, out.z0.cpu()
 
 
@@ -144,7 +144,7 @@ def student_error(model, z1: torch.Tensor, z0: torch.Tensor) -> dict[str, float]
     spread = z0[:, active].std().item()
     out = {}
     for k in STEPS:
-        got = sample(model, len(z1), "distilled", steps=k, z1=z1).z0.cpu()
+        got = sample(model, len(z1), "distilled", steps=k, z1=z1, decode=False).z0.cpu()
         out[str(k)] = round(((got - z0)[:, active].pow(2).mean().sqrt() / spread).item(), 5)
     return out
 

@@ -71,7 +71,7 @@ class Trajectory:
 @dataclass
 class SampleResult:
     z0: torch.Tensor           # [N, *latent_shape]
-    images: torch.Tensor       # [N, C, H, W] float in [0, 1]
+    images: torch.Tensor | None  # [N, C, H, W] float in [0, 1]; None where sample(..., decode=False)
     nfe: int                   # network evaluations of this call, summed over batches
     seconds: float
     trajectory: Trajectory | None
@@ -552,7 +552,7 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
            steps: int | None = None, alpha: float | torch.Tensor | None = None, temperature: float = 1.0,
            seed: int | None = 0, record_times: int | Sequence[float] | None = None, device=None,
            batch_size: int | None = None, z1: torch.Tensor | None = None,
-           callback: Callable[[dict], None] | None = None, runtime: str = "torch") -> SampleResult:
+           callback: Callable[[dict], None] | None = None, runtime: str = "torch", decode: bool = True) -> SampleResult:
     """Draw `num` samples: z1 ~ N(0, T^2 I), integrate to ODE_EPS with `solver`, decode.
 
     `solver` names an entry of SOLVERS: "ode" is set by atol/rtol (default 1e-5), "sde" (default
@@ -564,6 +564,8 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
     `callback` receives {"solver", "t", "nfe", "done", "batch", "batches"} at every network
     evaluation; raising from it aborts the sampling. `runtime` runs the networks of a solver that
     takes it (`SolverSpec.runtimes`: the distilled student's) on lsgm_core.runtime's ONNX Runtime.
+    `decode=False` stops at z0 (images None): for callers that need the latents only, the decoder
+    costs more than the prior's steps at large batches.
     """
     options = solver_options(solver, steps, atol, rtol)
     check_runtime_for(solver, runtime)
@@ -609,9 +611,11 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
             trajs.append(recorder.trajectory(field) if recorder is not None else None)
         nfe += field.nfe
     z0 = torch.cat(outs)
-    with torch.no_grad():
-        decoder = student.decoder if SOLVERS[solver].student_decoder and student is not None else None
-        images = torch.cat([model.decode_images(c, decoder) for c in z0.split(batch_size)])
+    images = None
+    if decode:
+        with torch.no_grad():
+            decoder = student.decoder if SOLVERS[solver].student_decoder and student is not None else None
+            images = torch.cat([model.decode_images(c, decoder) for c in z0.split(batch_size)])
     seconds = time.perf_counter() - start
     return SampleResult(z0, images, nfe, seconds, _join(trajs) if record_times is not None else None)
 

@@ -88,12 +88,14 @@ def test_nfe_is_counted_per_call(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_the_same_seed_gives_the_same_samples(name):
+def test_the_same_seed_gives_the_same_samples_decoded_or_not(name):
     model, options = random_model(), coarse_and_fine(SOLVERS[name])[0]
     kw = {"alpha": 0.5} if SOLVERS[name].takes_alpha else {}
     a = sample(model, 4, name, seed=7, **kw, **options).z0
     assert torch.equal(a, sample(model, 4, name, seed=7, **kw, **options).z0)
     assert not torch.allclose(a, sample(model, 4, name, seed=8, **kw, **options).z0)
+    latents_only = sample(model, 4, name, seed=7, **kw, **options, decode=False)  # the same z0, no images
+    assert torch.equal(latents_only.z0, a) and latents_only.images is None
 
 
 @pytest.mark.parametrize("name", NAMES)

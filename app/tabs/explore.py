@@ -48,8 +48,9 @@ def fit(model) -> Directions:
     active = model.prior.active if is_mixed(model) else None
     dims = (int((active > 0).sum()) if active is not None else shape[0]) * shape[1] * shape[2]
     with torch.inference_mode():
-        return principal_directions(lambda z1: solvers.sample(model, len(z1), solver, **options, z1=z1).z0,
-                                    shape, min(DIRECTIONS, dims), DRAWS, active, seed=DRAWS_SEED)
+        return principal_directions(
+            lambda z1: solvers.sample(model, len(z1), solver, **options, z1=z1, decode=False).z0,
+            shape, min(DIRECTIONS, dims), DRAWS, active, seed=DRAWS_SEED)
 
 
 def start(model, seed: int, coords, directions: Directions) -> torch.Tensor:

@@ -59,7 +59,7 @@ from .config import load_config
 from .data import dataset_spec
 from .datasets import SPLITS
 from .device import pick_device
-from .solvers import parse_setting, sample, setting_forms
+from .solvers import check_denoise_t, parse_setting, sample, setting_forms
 from .tensors import seeded_generator
 from .train import Trainer
 
@@ -174,6 +174,19 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="time each run this many times and keep the best and the median (default 1)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--seed", type=int, default=0)
+    add_denoise_arg(p)
+
+
+def add_denoise_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--denoise-t", type=float,
+                   help="the fast, ODE and SDE runs stop the flow here and jump to E[z0 | z_t] (default: each "
+                        "model's sampling.denoise_t; 0: integrate to the end)")
+
+
+def _with_denoising(model, runs: dict[str, dict], denoise_t: float | None) -> dict[str, dict]:
+    """Each run's sample() options with the denoising time it takes for `model` (none for the others)."""
+    return {spec: {**o, **check_denoise_t(o["solver"], denoise_t, model, flag=lambda n: "--denoise-t")}
+            for spec, o in runs.items()}
 
 
 def _timed_sample(model, device: torch.device, num: int, options: dict, **kw):
@@ -188,12 +201,13 @@ def _timed_sample(model, device: torch.device, num: int, options: dict, **kw):
 
 def _time_sampling(model, device: torch.device, runs: dict[str, dict], args, role: str) -> dict:
     out = {}
+    runs = _with_denoising(model, runs, args.denoise_t)
     for options in runs.values():  # warm-up: each path's first-call allocations and lazy init
         _timed_sample(model, device, 2, options, seed=args.seed)
     for num in args.sizes:
         for spec, options in runs.items():
             timings = [_timed_sample(model, device, num, options, seed=args.seed) for _ in range(args.repeats)]
-            out.setdefault(str(num), {})[spec] = {"nfe": timings[0][0].nfe,
+            out.setdefault(str(num), {})[spec] = {"nfe": timings[0][0].nfe, **_denoise_field(options),
                                                   "seconds": round(min(s for _, s in timings), 4),
                                                   "median_seconds": round(statistics.median(s for _, s in timings), 4)}
             # progress: a pixel model's 256 samples at 1e-5 take many minutes on a CPU
@@ -236,6 +250,11 @@ def add_quality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder, only where the test statistics are not shipped")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--seed", type=int, default=0)
+    add_denoise_arg(p)
+
+
+def _denoise_field(options: dict) -> dict:
+    return {"denoise_t": options["denoise_t"]} if "denoise_t" in options else {}
 
 
 def bench_quality(args) -> dict:
@@ -257,10 +276,10 @@ def bench_quality(args) -> dict:
         result.update({k: round(v, 3) for k, v in
                        posterior_fids(model, args.num, args.data_dir, args.seed, args.batch_size).items()})
         print(json.dumps({"posterior_fid": result["posterior_fid"]}), file=sys.stderr, flush=True)
-    for spec, options in runs.items():
+    for spec, options in _with_denoising(model, runs, args.denoise_t).items():
         out, seconds = _timed_sample(model, device, args.num, options, seed=args.seed, batch_size=args.batch_size)
         fid = fid_against_test_set(out.images.cpu(), dataset, args.data_dir, n=args.num, seed=args.seed)
-        result["runs"][spec] = {"nfe_per_batch": out.nfe / -(-args.num // args.batch_size),
+        result["runs"][spec] = {"nfe_per_batch": out.nfe / -(-args.num // args.batch_size), **_denoise_field(options),
                                 "seconds": round(seconds, 3), "fid": round(fid, 3)}
         if "posterior_fid" in result:
             result["runs"][spec]["fid_ratio"] = round(fid_ratio(fid, result["posterior_fid"]), 3)

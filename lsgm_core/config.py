@@ -29,6 +29,9 @@ DEFAULTS: dict = {
         "prior_sampler": "ll_iw",     # ll_iw | drop_all_iw | ll_uniform
     },
     "data": {"dataset": "binarized-mnist", "image_size": 32, "channels": None},
+    "sampling": {
+        "denoise_t": 0.0,             # the fast, ODE and SDE solvers stop here and jump to E[z0 | z_t] (0: no jump)
+    },
     "train": {
         "stage": 1,                   # 1: VAE with N(0, I) prior; 2: VAE and SGM prior end to end;
                                       # "prior": the prior alone on cached latents of init_from's frozen VAE

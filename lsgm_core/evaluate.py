@@ -31,11 +31,12 @@ from .cli import report
 from .data import config_dataset
 from .device import pick_device
 from .nelbo import PROBES, bits_per_dim, data_dims, nelbo
-from .solvers import SOLVERS, sample
+from .solvers import SOLVERS, check_denoise_t, sample
 from .tensors import seeded_generator
 
 
-def sample_quality(model, data_dir, num: int, steps: int, seed: int, batch_size: int) -> dict:
+def sample_quality(model, data_dir, num: int, steps: int, seed: int, batch_size: int,
+                   denoise_t: float | None = None) -> dict:
     """FID of `num` fast-solver samples against `num` test images; for an LSGM also its posterior
     floor, the ratio, the class histogram and the nearest-training-image distances."""
     from . import features, quality
@@ -45,11 +46,12 @@ def sample_quality(model, data_dir, num: int, steps: int, seed: int, batch_size:
         features.load_classifier(dataset_name)
     except CheckpointError as e:
         raise CheckpointError(f"no feature classifier shipped for {dataset_name} ({e})") from None
-    images = sample(model, num, "fast", steps=steps, seed=seed, batch_size=batch_size).images.cpu()
+    denoising = check_denoise_t("fast", denoise_t, model, flag=lambda n: "--fid-denoise-t")
+    images = sample(model, num, "fast", steps=steps, seed=seed, batch_size=batch_size, **denoising).images.cpu()
+    used = {"fid_samples": num, "fid_denoise_t": denoising["denoise_t"]}
     if model.kind != "lsgm":
-        return {"fid": features.fid_against_test_set(images, dataset_name, data_dir, n=num, seed=seed),
-                "fid_samples": num}
-    return {**quality.sample_fids(model, images, data_dir, seed, batch_size), "fid_samples": num,
+        return {"fid": features.fid_against_test_set(images, dataset_name, data_dir, n=num, seed=seed), **used}
+    return {**quality.sample_fids(model, images, data_dir, seed, batch_size), **used,
             **quality.class_balance(images, dataset_name, seed), **quality.copy_check(model, images, data_dir)}
 
 
@@ -73,6 +75,8 @@ def main(argv=None) -> int:
                          "LSGM's NELBO")
     ap.add_argument("--fid", action="store_true", help="also compute the FID of samples against the test set")
     ap.add_argument("--fid-steps", type=int, default=SOLVERS["fast"].default_steps, help="fast-solver steps for --fid samples")
+    ap.add_argument("--fid-denoise-t", type=float,
+                    help="the --fid samples' denoising time (default: the model's sampling.denoise_t; 0: none)")
     ap.add_argument("--fid-samples", type=int,
                     help="samples (and test images) for --fid (default: as many as images evaluated)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -131,7 +135,7 @@ def evaluate(args) -> dict:
         result["dequantize_levels"] = levels
     if args.fid:
         result.update(sample_quality(model, args.data_dir, args.fid_samples or n, args.fid_steps, args.seed,
-                                     args.batch_size))
+                                     args.batch_size, args.fid_denoise_t))
     return result
 
 

@@ -22,7 +22,7 @@ from .checkpoint import load_model
 from .cli import report
 from .device import pick_device
 from .runtime import RUNTIMES, TOLERANCE
-from .solvers import SOLVERS, check_runtime_for, sample, solver_options, solvers_on, solvers_set_by
+from .solvers import SOLVERS, check_denoise_t, check_runtime_for, sample, solver_options, solvers_on, solvers_set_by
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -41,6 +41,10 @@ def add_solver_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rtol", type=float, help=f"{', '.join(by_tol)} only: relative tolerance (default {tol})")
     steps = ", ".join(f"{SOLVERS[n].default_steps} for {n}" for n in by_steps)
     ap.add_argument("--steps", type=int, help=f"{', '.join(by_steps)} only: number of steps (default {steps})")
+    denoisers = ", ".join(n for n, s in SOLVERS.items() if s.denoises)
+    ap.add_argument("--denoise-t", type=float,
+                    help=f"{denoisers} only: stop the flow at this time and jump to E[z0 | z_t], the last step "
+                         "(default: the model's sampling.denoise_t; 0: integrate to the end)")
     served = ", ".join(solvers_on("onnxruntime"))
     ap.add_argument("--runtime", default="torch", choices=RUNTIMES,
                     help=f"{served} only: run its networks on PyTorch or on ONNX Runtime (CPU; the same images "
@@ -49,9 +53,11 @@ def add_solver_args(ap: argparse.ArgumentParser) -> None:
 
 def solver_kwargs(args) -> dict:
     """The solver options of parsed arguments, checked; ValueError names the offending flag."""
-    options = solver_options(args.solver, args.steps, args.atol, args.rtol, flag=lambda name: f"--{name}")
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    options = solver_options(args.solver, args.steps, args.atol, args.rtol, flag=flag)
     check_runtime_for(args.solver, args.runtime)
-    return {**options, "runtime": args.runtime}
+    check_denoise_t(args.solver, args.denoise_t, flag=flag)
+    return {**options, "runtime": args.runtime, **({} if args.denoise_t is None else {"denoise_t": args.denoise_t})}
 
 
 def progress_callback(bar: tqdm):
@@ -92,6 +98,7 @@ def draw(args) -> dict:
     kw = solver_kwargs(args)
     device = pick_device(args.device)
     model = load_model(args.checkpoint, device)
+    kw.update(check_denoise_t(args.solver, kw.pop("denoise_t", None), model))  # the time it used, the model's by default
     with tqdm(desc=f"sampling ({args.solver})", unit="nfe", file=sys.stderr, disable=args.no_progress,
               dynamic_ncols=True) as bar:
         result = sample(model, args.num, args.solver, alpha=args.alpha, temperature=args.temperature,

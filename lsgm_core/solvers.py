@@ -12,6 +12,11 @@ posterior width. For the linear VPSDE sigma falls from 0.045 to 0.001 below t_ep
 the network never saw: train such models with a smaller t_eps, or pass t_end to `ode_solve`
 (or to ode_encode / ode_decode).
 
+Denoising time. A model may set `sampling.denoise_t` (`denoise_time`): the fast, ODE and SDE
+solvers then stop the flow there and end with one jump to z0_hat = E[z0 | z_t] (`denoise`), the last
+of a fixed-step solver's steps (docs/method.md, section 5.5). The likelihood and the encoders
+(`ode_encode`, `fast_encode`) always run the whole flow.
+
 In log-SNR time lambda = log(m_t / sigma_t) (dlambda/dt = -beta / (2 sigma^2) for every VP SDE)
 the probability-flow ODE reads dz/dlambda = sigma^2 z - sigma eps_hat. With the mixed score
 eps_hat = (1 - alpha) sigma z + alpha eps_theta this is
@@ -209,7 +214,8 @@ def _flow(field: ProbabilityFlow, z: torch.Tensor, t_start: float, t_end: float,
     an observer's times are dense-output points of the solve (no extra steps)."""
     if atol <= 0 or rtol <= 0:
         raise ValueError(f"atol and rtol must be positive, got atol={atol}, rtol={rtol}")
-    wanted = list(observer.times) if observer is not None else []
+    lo, hi = min(t_start, t_end), max(t_start, t_end)
+    wanted = [r for r in observer.times if lo <= r <= hi] if observer is not None else []
     times = sorted({t_start, t_end, *wanted}, reverse=t_start > t_end)
     field.on_step = observer.step if observer is not None else None
     with torch.no_grad():
@@ -322,20 +328,61 @@ def _observed_eps(field: ProbabilityFlow, z: torch.Tensor, s: float, observer: R
     return eps
 
 
-# The solvers. One signature: (field, z1, *, t_end, steps, atol, rtol, generator, observer) -> z(t_end);
-# each reads the options it is set by and ignores the others, which `solver_options` has refused.
+def denoise_time(model) -> float:
+    """The model's denoising time (config `sampling.denoise_t`, 0 where it has none): where the
+    solvers that take it stop the flow and jump to E[z0 | z_t] (`denoise`)."""
+    return float((getattr(model, "config", None) or {}).get("sampling", {}).get("denoise_t", 0.0))
+
+
+def denoise(field: ProbabilityFlow, z: torch.Tensor, s: float, observer: Recorder | None) -> torch.Tensor:
+    """The last step of a denoised solve: from z_s straight to z0_hat = E[z0 | z_s], one network
+    evaluation (the first-order, DDIM, step from lambda_s to lambda = infinity); the caller reports
+    its end as the state at t_end. Below the model's denoising time the flow only puts back noise as fine as the
+    encoder's own posterior, where a prior trained with uniform t has seen few samples (docs/method.md,
+    section 5)."""
+    return field.z0_hat(z, s, _observed_eps(field, z, s, observer))
+
+
+def fixed_grid(sde, steps: int, t_end: float, denoise_t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-SNR grid a fixed-step solver steps through: `steps` steps from 1 to t_end, or, when it
+    denoises, steps - 1 of them to denoise_t (only t = 1 for one step), the jump being the last step."""
+    if not denoise_t:
+        return time_grid(sde, steps, t_end)
+    if steps == 1:
+        one = torch.ones(1, dtype=torch.float64)
+        return one, log_snr(sde, one)
+    return time_grid(sde, steps - 1, denoise_t)
+
+
+# The solvers. One signature: (field, z1, *, t_end, steps, atol, rtol, generator, observer) -> z(t_end),
+# and denoise_t for those registered with denoises=True; each reads the options it is set by and
+# ignores the others, which `solver_options` has refused.
 def ode(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, steps=None, atol: float = 1e-5,
-        rtol: float = 1e-5, generator=None, observer: Recorder | None = None) -> torch.Tensor:
-    """Adaptive dopri5 on the probability-flow ODE, at atol/rtol."""
-    return _flow(field, z, 1.0, t_end, atol, rtol, observer)
+        rtol: float = 1e-5, generator=None, observer: Recorder | None = None, denoise_t: float = 0.0) -> torch.Tensor:
+    """Adaptive dopri5 on the probability-flow ODE, at atol/rtol; to denoise_t and the jump (one more
+    evaluation) where that is set."""
+    if not denoise_t:
+        return _flow(field, z, 1.0, t_end, atol, rtol, observer)
+    z = denoise(field, _flow(field, z, 1.0, denoise_t, atol, rtol, observer), denoise_t, observer)
+    if observer is not None:
+        observer.state(t_end, z)
+        observer.step(denoise_t, denoise_t - t_end)
+    return z
 
 
 def fast(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, steps: int = 20, atol=None, rtol=None,
-         generator=None, observer: Recorder | None = None) -> torch.Tensor:
+         generator=None, observer: Recorder | None = None, denoise_t: float = 0.0) -> torch.Tensor:
     """The multistep exponential integrator of the probability-flow ODE (module docstring), on a
-    log-SNR grid of `steps` steps, one network evaluation each."""
-    t, lam = time_grid(field.prior.sde, steps, t_end)
-    return _exponential_integrator(field, z, t, lam, observer)
+    log-SNR grid of `steps` steps, one network evaluation each (`fixed_grid`: with denoise_t, the last
+    one is the jump)."""
+    t, lam = fixed_grid(field.prior.sde, steps, t_end, denoise_t)
+    if len(t) > 1:
+        z = _exponential_integrator(field, z, t, lam, observer)
+    if denoise_t:
+        z = denoise(field, z, t[-1].item(), observer)
+        t = torch.cat([t, t.new_tensor([t_end])])
+    _report_grid(observer, t, z)
+    return z
 
 
 def fast_encode(prior, z0: torch.Tensor, *, steps: int = 20, alpha=None, t_start: float = ODE_EPS) -> tuple[torch.Tensor, int]:
@@ -379,26 +426,31 @@ def _exponential_integrator(field: ProbabilityFlow, z: torch.Tensor, t: torch.Te
         for w_k, d_k in zip(ws[i], _newton_differences(nodes[i, :len(hist_v)].tolist(), hist_v)):
             z_next = z_next + per_channel(w_k, z) * d_k
         z = z_next
-    _report_grid(observer, t, z)
     return z
 
 
 def sde(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, steps: int = 1000, atol=None,
-        rtol=None, generator: torch.Generator | None = None, observer: Recorder | None = None) -> torch.Tensor:
+        rtol=None, generator: torch.Generator | None = None, observer: Recorder | None = None,
+        denoise_t: float = 0.0) -> torch.Tensor:
     """Euler-Maruyama on the reverse SDE, on a log-SNR grid of `steps` steps; the last one without
-    noise. The noise comes from `generator` (a CPU one), so a seed gives the same samples anywhere."""
+    noise, or with denoise_t the jump (`fixed_grid`). The noise comes from `generator` (a CPU one),
+    so a seed gives the same samples anywhere."""
     prior_sde = field.prior.sde
-    t, _ = time_grid(prior_sde, steps, t_end)
-    for i in range(steps):
+    t, _ = fixed_grid(prior_sde, steps, t_end, denoise_t)
+    moves = len(t) - 1
+    for i in range(moves):
         s = t[i].item()
         eps = _observed_eps(field, z, s, observer)
         sigma, beta = field.coef(prior_sde.sigma, s, z), field.coef(prior_sde.beta, s, z)
         dt = s - t[i + 1].item()
         z_next = z - dt * (0.5 * beta * z + beta / sigma * (eps - sigma * z))
-        if i < steps - 1:
+        if i < moves - 1 or denoise_t:
             noise = torch.randn(z.shape, generator=generator).to(z)
             z_next = z_next + (beta * dt).sqrt() * noise
         z = z_next
+    if denoise_t:
+        z = denoise(field, z, t[-1].item(), observer)
+        t = torch.cat([t, t.new_tensor([t_end])])
     _report_grid(observer, t, z)
     return z
 
@@ -443,14 +495,17 @@ class SolverSpec:
     student_decoder: bool = False      # decodes through the student's distilled decoder where there is one
     runtimes: tuple[str, ...] = ("torch",)  # lsgm_core.runtime's runtimes its networks can run on
     needs_student: bool = False        # runs the model's distilled student (lsgm_core.student)
+    denoises: bool = False             # takes denoise_t: ends with the jump to E[z0 | z_t] (`denoise`)
 
 
 # Adding a solver: one function with the signature above and one entry here.
 SOLVERS: dict[str, SolverSpec] = {
-    "ode": SolverSpec(ode, "tolerance", "adaptive dopri5 on the probability-flow ODE", default_tol=1e-5),
-    "sde": SolverSpec(sde, "steps", "Euler-Maruyama on the reverse SDE", default_steps=1000, stochastic=True),
+    "ode": SolverSpec(ode, "tolerance", "adaptive dopri5 on the probability-flow ODE", default_tol=1e-5,
+                      denoises=True),
+    "sde": SolverSpec(sde, "steps", "Euler-Maruyama on the reverse SDE", default_steps=1000, stochastic=True,
+                      denoises=True),
     "fast": SolverSpec(fast, "steps", "multistep exponential integrator of the probability-flow ODE",
-                       default_steps=20),
+                       default_steps=20, denoises=True),
     # a student learned the flow at the model's own alpha: an override has nothing to act on
     "distilled": SolverSpec(distilled, "steps", "the model's distilled student (python -m lsgm_core.distill)",
                             default_steps=1, takes_alpha=False, steps_choices=STUDENT_STEPS, student_decoder=True,
@@ -462,6 +517,21 @@ def check_model_for(model, solver: str) -> None:
     """Refuses a solver the model cannot run (the distilled one without a student) before any work."""
     if SOLVERS[solver].needs_student and getattr(model, "student", None) is None:
         raise ValueError(NO_STUDENT)
+
+
+def check_denoise_t(solver: str, denoise_t: float | None, model=None, flag: Callable[[str], str] = str) -> dict:
+    """{"denoise_t": T} for a solver that takes it (T: `denoise_t`, or the model's where None), else {};
+    a denoising time asked of a solver that does not take one, or outside [0, 1), is refused."""
+    spec = SOLVERS[solver]
+    if denoise_t is not None:
+        if not spec.denoises and denoise_t:
+            raise ValueError(f"{flag('denoise_t')} applies to the {', '.join(n for n, s in SOLVERS.items() if s.denoises)} "
+                             f"solvers, not {solver}")
+        if not (denoise_t == 0 or ODE_EPS < denoise_t < 1):
+            raise ValueError(f"{flag('denoise_t')} must be 0 (no denoising) or lie in ({ODE_EPS:g}, 1), got {denoise_t}")
+    if not spec.denoises:
+        return {}
+    return {"denoise_t": float(denoise_time(model) if denoise_t is None else denoise_t)}
 
 
 def solvers_set_by(kind: str) -> list[str]:
@@ -552,7 +622,8 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
            steps: int | None = None, alpha: float | torch.Tensor | None = None, temperature: float = 1.0,
            seed: int | None = 0, record_times: int | Sequence[float] | None = None, device=None,
            batch_size: int | None = None, z1: torch.Tensor | None = None,
-           callback: Callable[[dict], None] | None = None, runtime: str = "torch", decode: bool = True) -> SampleResult:
+           callback: Callable[[dict], None] | None = None, runtime: str = "torch", decode: bool = True,
+           denoise_t: float | None = None) -> SampleResult:
     """Draw `num` samples: z1 ~ N(0, T^2 I), integrate to ODE_EPS with `solver`, decode.
 
     `solver` names an entry of SOLVERS: "ode" is set by atol/rtol (default 1e-5), "sde" (default
@@ -565,7 +636,9 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
     evaluation; raising from it aborts the sampling. `runtime` runs the networks of a solver that
     takes it (`SolverSpec.runtimes`: the distilled student's) on lsgm_core.runtime's ONNX Runtime.
     `decode=False` stops at z0 (images None): for callers that need the latents only, the decoder
-    costs more than the prior's steps at large batches.
+    costs more than the prior's steps at large batches. `denoise_t` (None: the model's own,
+    `denoise_time`; 0: none) makes the solvers that take it stop at that time and jump to E[z0 | z_t],
+    the last of their steps (`denoise`); a solver that does not take it ignores the model's.
     """
     options = solver_options(solver, steps, atol, rtol)
     check_runtime_for(solver, runtime)
@@ -579,6 +652,7 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if batch_size is not None and batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    denoising = check_denoise_t(solver, denoise_t, model)
     if record_times is not None:
         _record_grid(record_times, 1.0, ODE_EPS)  # refuses bad times before any work
     device = torch.device(device) if device is not None else _model_device(model)
@@ -607,7 +681,7 @@ def sample(model, num: int, solver: str = "fast", *, atol: float | None = None, 
         recorder = Recorder(record_times, 1.0, ODE_EPS) if record_times is not None else None
         with torch.no_grad():
             outs.append(SOLVERS[solver].fn(field, chunk, t_end=ODE_EPS, generator=generator, observer=recorder,
-                                           **options))
+                                           **options, **denoising))
             trajs.append(recorder.trajectory(field) if recorder is not None else None)
         nfe += field.nfe
     z0 = torch.cat(outs)

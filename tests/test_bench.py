@@ -65,6 +65,11 @@ def test_quality_bench_gives_fid_nfe_and_time_per_solver(capsys, tiny_checkpoint
     assert all(r["fid_ratio"] == pytest.approx(r["fid"] / result["posterior_fid"], rel=1e-2)
                for r in result["runs"].values())
     assert '{"fast:3"' in err  # each setting is reported on stderr as it finishes
+    assert result["runs"]["fast:3"]["denoise_t"] == 0.0  # the tiny model sets no denoising time
+    rc, result, _ = _run(capsys, "quality", "--checkpoint", str(tiny_checkpoints["stage2"]), "--num", "12",
+                         "--batch-size", "6", "--runs", "fast:3", "--denoise-t", "0.2", "--device", "cpu",
+                         "--data-dir", str(data_dir))
+    assert rc == 0 and result["runs"]["fast:3"]["denoise_t"] == 0.2 and result["runs"]["fast:3"]["nfe_per_batch"] == 3
 
 
 @pytest.mark.parametrize("spec", ["ode:0", "ode:abc", "fast:0", "sde:-3", "rk4:10", "fast"])

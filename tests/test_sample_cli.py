@@ -28,6 +28,7 @@ def test_sample_cli_writes_uint8_images(tiny_checkpoints, pixel_checkpoint, tmp_
         assert code == 0
         info = json.loads(stdout)
         assert info["num"] == 3 and info["solver"] == solver and info["nfe"] == 4 and info["seconds"] > 0
+        assert info["denoise_t"] == 0.0  # neither model sets a denoising time: the flow to the end
         images = np.load(out)["images"]
         assert images.dtype == np.uint8 and images.shape == (3, 28, 28)
 
@@ -41,6 +42,7 @@ def test_sample_cli_writes_uint8_images(tiny_checkpoints, pixel_checkpoint, tmp_
     (["--num", 2, "--atol", 1e-3], "--atol and --rtol apply"),
     (["--num", 2, "--steps", 0], "--steps must be at least 1"),
     (["--num", 2, "--batch-size", 0], "--batch-size must be positive"),
+    (["--num", 2, "--denoise-t", 1.5], "--denoise-t must be 0 (no denoising) or lie in"),
 ])
 def test_sample_cli_bad_input(tiny_checkpoints, tmp_path, capsys, argv, message):
     argv = [str(a).replace("{missing}", str(tmp_path / "nope")) for a in argv]
@@ -103,11 +105,12 @@ def test_evaluate_fid(tiny_checkpoints, data_dir, capsys):
     from lsgm_core.features import DEFAULT_FEATURES_DIR
 
     argv = ["--checkpoint", tiny_checkpoints["stage2"], "--data-dir", data_dir, "--limit", 8, "--batch-size", 8,
-            "--atol", 1e-3, "--rtol", 1e-3, "--fid", "--fid-steps", 4, "--device", "cpu", "--no-progress"]
+            "--atol", 1e-3, "--rtol", 1e-3, "--fid", "--fid-steps", 4, "--fid-denoise-t", 0.2, "--device", "cpu",
+            "--no-progress"]
     code, stdout, err = run_main(evaluate.main, argv, capsys)
     if (DEFAULT_FEATURES_DIR / "binarized-mnist.safetensors").is_file():
         out = json.loads(stdout)
-        assert code == 0 and out["fid"] >= 0.0 and out["fid_samples"] == 8
+        assert code == 0 and out["fid"] >= 0.0 and out["fid_samples"] == 8 and out["fid_denoise_t"] == 0.2
         # the floor, the ratio, the class histogram and the copy check come with it
         assert out["posterior_fid"] > 0 and out["fid_ratio"] == pytest.approx(out["fid"] / out["posterior_fid"])
         assert sum(out["class_counts"]) == 8 and "samples_closer_than_any_test_image" in out

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lsgm_core import features, load_dataset, load_model, quality
+from lsgm_core.data import config_dataset
 from lsgm_core.solvers import ode_decode, ode_encode, sample
 from lsgm_core.train import bound_nelbo
 
@@ -17,9 +18,11 @@ DATASET = {"lsgm-fmnist": "fashion-mnist"}
 # README, "Results": the training bound of the likelihood model on the first 500 binarized-MNIST
 # test images (binarisation, z0 and t draws seeded with 0), measured on this project's CPU.
 LIKELIHOOD_MODEL, BOUND_500, MARGIN = "lsgm-bmnist-large", 81.977, 0.5
-# README, "The prior gap": the default model's FID of 1,000 samples (fast solver, 20 steps, seed 0)
-# over its posterior floor at 1,000 images, measured on this project's CPU; 10% either way.
-DEFAULT_FID_RATIO_1K, RATIO_MARGIN = 1.977, 0.1
+# README, "The prior gap": the default model's FID of 2,000 samples (fast solver, 20 steps with its
+# denoising time, seed 0) over that of 2,000 posterior reconstructions, both against the 10,000 test
+# images, measured on this project's CPU; 10% either way. The flow to the end gives 1.97 here
+# (30% more), and 1,000 samples could not tell the two apart (1.44 against 1.64).
+DEFAULT_FID_RATIO_2K, RATIO_MARGIN = 1.518, 0.1
 
 
 def test_every_model_folder_is_tested():
@@ -65,7 +68,10 @@ def test_likelihood_model_nelbo_regression(data_dir):
 @pytest.mark.slow
 def test_default_model_fid_ratio_regression(data_dir):
     model = load_model(CHECKPOINTS / DEFAULT)
-    images = sample(model, 1000, "fast", seed=0, batch_size=500).images
-    fid = features.fid_against_test_set(images, "binarized-mnist", data_dir, n=1000)
-    floor = quality.posterior_fids(model, 1000, data_dir)["posterior_fid"]
-    assert abs(fid / floor / DEFAULT_FID_RATIO_1K - 1) < RATIO_MARGIN, (DEFAULT, fid, floor)
+    images = sample(model, 2000, "fast", seed=0, batch_size=500).images
+    fid = features.fid_against_test_set(images, "binarized-mnist", data_dir, n=10000)
+    train = config_dataset(model.config["data"], "train", data_dir)
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:2000]  # as posterior_fids draws
+    floor = features.fid_against_test_set(quality.posterior_reconstructions(model, train, idx), "binarized-mnist",
+                                          data_dir, n=10000)
+    assert abs(fid / floor / DEFAULT_FID_RATIO_2K - 1) < RATIO_MARGIN, (DEFAULT, fid, floor)

@@ -148,3 +148,64 @@ def test_adding_a_solver_is_one_function_and_one_entry(monkeypatch):
     with pytest.raises(ValueError, match="--atol and --rtol apply"):
         solver_kwargs(ap.parse_args(["--solver", "euler", "--atol", "1e-3"]))
     assert solver_options("euler") == {"steps": 50}
+
+
+DENOISERS = [n for n, s in SOLVERS.items() if s.denoises]
+
+
+@pytest.mark.parametrize("name", DENOISERS)
+@pytest.mark.parametrize("sde", list(SDES))
+def test_denoising_ends_at_the_posterior_mean_of_the_flow_at_denoise_t(name, sde):
+    """Data N(0, c^2 I): the flow takes z1 to z_T = z1 s_T / s_1 and the jump gives E[z0 | z_T] =
+    m_T c^2 / s_T^2 z_T; the SDE's z_T ~ N(0, s_T^2) makes its samples' std m_T c^2 / s_T. The jump is
+    the last of a fixed-step solver's steps (one step: the jump from t = 1), one evaluation more for the ODE."""
+    spec, model, T = SOLVERS[name], gaussian_model(sde), 0.1
+    prior = model.prior
+    m_T = prior.sde.mean_coef(torch.tensor(T, dtype=torch.float64))
+    posterior_mean = (m_T * prior.c ** 2 / prior.s(T) ** 2).item()
+    coarse, fine = coarse_and_fine(spec)
+    if spec.stochastic:
+        std = sample(model, 2000, name, seed=0, denoise_t=T, **fine).z0.std().item()
+        assert std == pytest.approx(posterior_mean * prior.s(T).item(), rel=0.02)  # Monte Carlo error 0.3 %
+        return
+    z1 = torch.randn(8, *prior.shape, generator=torch.Generator().manual_seed(0))
+    exact = z1 * (prior.s(T) / prior.s(1.0) * posterior_mean).float()
+    out = sample(model, 8, name, z1=z1, denoise_t=T, **fine)
+    assert (out.z0 - exact).abs().max().item() < 2e-3 * exact.abs().max().item()
+    if spec.controlled_by == "steps":
+        assert out.nfe == fine["steps"]
+        one = sample(model, 8, name, z1=z1, denoise_t=T, steps=1)  # the jump from t = 1 itself
+        assert torch.equal(one.z0, solvers.ProbabilityFlow(prior).z0_hat(z1, 1.0)) and one.nfe == 1
+
+
+@pytest.mark.parametrize("name", DENOISERS)
+def test_a_denoised_trajectory_ends_with_the_sample_at_the_end_time(name):
+    model, options = random_model(), coarse_and_fine(SOLVERS[name])[0]
+    out = sample(model, 3, name, record_times=[1.0, 0.3, 0.05, ODE_EPS], seed=0, alpha=0.5, denoise_t=0.2, **options)
+    traj = out.trajectory
+    assert traj.times[0].item() == 1.0 and traj.times[-1].item() == pytest.approx(ODE_EPS)
+    assert torch.equal(traj.zt[-1], out.z0)
+    assert traj.step_times[-1] == pytest.approx(0.2) and traj.step_sizes[-1] == pytest.approx(0.2 - ODE_EPS)
+
+
+def test_the_model_sets_the_denoising_time_and_a_call_overrides_it():
+    model = gaussian_model("vpsde")
+    z1 = torch.randn(4, *model.prior.shape, generator=torch.Generator().manual_seed(0))
+    model.config = {"sampling": {"denoise_t": 0.1}}
+    own = sample(model, 4, "fast", z1=z1).z0
+    assert torch.equal(own, sample(model, 4, "fast", z1=z1, denoise_t=0.1).z0)
+    assert not torch.allclose(own, sample(model, 4, "fast", z1=z1, denoise_t=0.0).z0)
+    assert torch.equal(sample(model, 4, "distilled", z1=z1).z0, sample(model, 4, "distilled", z1=z1, denoise_t=0.0).z0)
+
+
+@pytest.mark.parametrize("kw,match", [({"solver": "distilled", "denoise_t": 0.1}, "applies to the ode, sde, fast"),
+                                      ({"denoise_t": 1.0}, r"must be 0 \(no denoising\) or lie in"),
+                                      ({"denoise_t": -0.1}, "must be 0"), ({"denoise_t": 1e-6}, "must be 0")])
+def test_bad_denoising_times_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        sample(random_model(), 2, **kw)
+    ap = argparse.ArgumentParser()
+    add_solver_args(ap)
+    argv = ["--solver", kw.get("solver", "fast"), "--denoise-t", str(kw["denoise_t"])]
+    with pytest.raises(ValueError, match="--denoise-t"):
+        solver_kwargs(ap.parse_args(argv))

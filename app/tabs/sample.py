@@ -61,6 +61,8 @@ def build(ctx: Context, picker: gr.Dropdown, demo: gr.Blocks) -> None:
             result = solvers.sample(model, n, solver, **kwargs, seed=seed, temperature=temperature,
                                     alpha=scaled_alpha(model, scale, solver), callback=callback, runtime=runtime)
         on = "" if runtime == "torch" else f" on {runtime}"
+        jump = solvers.check_denoise_t(solver, None, model).get("denoise_t")
+        on += f", jump to E[z0 | z_t] at t = {jump:g}" if jump else ""
         text = (f"**{n} samples** · solver **{solver}** ({describe_args(kwargs)}{on}) · **NFE {result.nfe}** · "
                 f"**{result.seconds:.2f} s** · "
                 + (f"alpha {scale:g} × learned" if alpha_applies(model, solver) else

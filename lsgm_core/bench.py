@@ -59,6 +59,7 @@ from .config import load_config
 from .data import dataset_spec
 from .datasets import SPLITS
 from .device import pick_device
+from .sample import add_denoise_arg
 from .solvers import check_denoise_t, parse_setting, sample, setting_forms
 from .tensors import seeded_generator
 from .train import Trainer
@@ -175,12 +176,6 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--seed", type=int, default=0)
     add_denoise_arg(p)
-
-
-def add_denoise_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--denoise-t", type=float,
-                   help="the fast, ODE and SDE runs stop the flow here and jump to E[z0 | z_t] (default: each "
-                        "model's sampling.denoise_t; 0: integrate to the end)")
 
 
 def _with_denoising(model, runs: dict[str, dict], denoise_t: float | None) -> dict[str, dict]:

@@ -31,6 +31,7 @@ from .cli import report
 from .data import config_dataset
 from .device import pick_device
 from .nelbo import PROBES, bits_per_dim, data_dims, nelbo
+from .sample import add_denoise_arg
 from .solvers import SOLVERS, check_denoise_t, sample
 from .tensors import seeded_generator
 
@@ -75,8 +76,7 @@ def main(argv=None) -> int:
                          "LSGM's NELBO")
     ap.add_argument("--fid", action="store_true", help="also compute the FID of samples against the test set")
     ap.add_argument("--fid-steps", type=int, default=SOLVERS["fast"].default_steps, help="fast-solver steps for --fid samples")
-    ap.add_argument("--fid-denoise-t", type=float,
-                    help="the --fid samples' denoising time (default: the model's sampling.denoise_t; 0: none)")
+    add_denoise_arg(ap, "--fid-denoise-t", "the --fid samples")
     ap.add_argument("--fid-samples", type=int,
                     help="samples (and test images) for --fid (default: as many as images evaluated)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

@@ -27,7 +27,7 @@ from . import features
 from .data import config_dataset
 from .tensors import crop, seeded_generator
 
-__all__ = ["posterior_samples", "posterior_reconstructions", "posterior_fids", "fid_ratio", "sample_fids", "class_balance",
+__all__ = ["posterior_samples", "posterior_reconstructions", "floor_images", "posterior_fids", "fid_ratio", "sample_fids", "class_balance",
            "nearest_train_distances", "copy_check"]
 
 
@@ -54,17 +54,23 @@ def posterior_reconstructions(model, dataset, idx: torch.Tensor, seed: int = 0, 
                           for z in posterior_samples(model, dataset, idx, seed, batch_size).split(batch_size)])
 
 
+def floor_images(model, num: int, data_dir=None, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """The floor's images: decoded posterior samples of `num` training images drawn at random (seeded)."""
+    train = config_dataset(model.config["data"], "train", data_dir)
+    idx = torch.randperm(len(train), generator=seeded_generator(seed))[:num]
+    return posterior_reconstructions(model, train, idx, seed, batch_size)
+
+
 def posterior_fids(model, num: int, data_dir=None, seed: int = 0, batch_size: int = 500) -> dict:
     """FIDs of `num` posterior reconstructions against the reference of `num` test images:
     `posterior_fid` of random training images (the floor), `posterior_fid_paired` of the test images."""
     if model.kind != "lsgm":
         raise ValueError("posterior reconstructions need an encoder; the pixel baseline has none")
     name = model.config["data"]["dataset"]
-    train, test = (config_dataset(model.config["data"], split, data_dir) for split in ("train", "test"))
+    test = config_dataset(model.config["data"], "test", data_dir)
     if num > len(test):
         raise ValueError(f"{num} images asked for, but the {name} test set has {len(test)}")
-    idx = torch.randperm(len(train), generator=seeded_generator(seed))[:num]
-    floor = posterior_reconstructions(model, train, idx, seed, batch_size)
+    floor = floor_images(model, num, data_dir, seed, batch_size)
     paired = posterior_reconstructions(model, test, features.reference_indices(len(test), num), seed, batch_size)
     return {"posterior_fid": features.fid_against_test_set(floor, name, data_dir, n=num, seed=seed),
             "posterior_fid_paired": features.fid_against_test_set(paired, name, data_dir, n=num, seed=seed)}

@@ -22,7 +22,8 @@ from .checkpoint import load_model
 from .cli import report
 from .device import pick_device
 from .runtime import RUNTIMES, TOLERANCE
-from .solvers import SOLVERS, check_denoise_t, check_runtime_for, sample, solver_options, solvers_on, solvers_set_by
+from .solvers import (SOLVERS, check_denoise_t, check_runtime_for, sample, solver_options, solvers_on, solvers_set_by,
+                      solvers_that_denoise)
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -41,14 +42,19 @@ def add_solver_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rtol", type=float, help=f"{', '.join(by_tol)} only: relative tolerance (default {tol})")
     steps = ", ".join(f"{SOLVERS[n].default_steps} for {n}" for n in by_steps)
     ap.add_argument("--steps", type=int, help=f"{', '.join(by_steps)} only: number of steps (default {steps})")
-    denoisers = ", ".join(n for n, s in SOLVERS.items() if s.denoises)
-    ap.add_argument("--denoise-t", type=float,
-                    help=f"{denoisers} only: stop the flow at this time and jump to E[z0 | z_t], the last step "
-                         "(default: the model's sampling.denoise_t; 0: integrate to the end)")
+    add_denoise_arg(ap)
     served = ", ".join(solvers_on("onnxruntime"))
     ap.add_argument("--runtime", default="torch", choices=RUNTIMES,
                     help=f"{served} only: run its networks on PyTorch or on ONNX Runtime (CPU; the same images "
                          f"within {TOLERANCE:g}; default torch)")
+
+
+def add_denoise_arg(ap: argparse.ArgumentParser, flag: str = "--denoise-t", what: str = "") -> None:
+    """The option of a denoising time (lsgm_core.solvers.check_denoise_t), for `what` (default: the
+    solvers that take one)."""
+    ap.add_argument(flag, type=float,
+                    help=f"{what or ', '.join(solvers_that_denoise()) + ' only'}: stop the flow at this time and jump "
+                         "to E[z0 | z_t], the last step (default: the model's sampling.denoise_t; 0: integrate to the end)")
 
 
 def solver_kwargs(args) -> dict:

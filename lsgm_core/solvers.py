@@ -378,6 +378,13 @@ def fast(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, ste
     t, lam = fixed_grid(field.prior.sde, steps, t_end, denoise_t)
     if len(t) > 1:
         z = _exponential_integrator(field, z, t, lam, observer)
+    return _end_of_grid(field, z, t, t_end, denoise_t, observer)
+
+
+def _end_of_grid(field: ProbabilityFlow, z: torch.Tensor, t: torch.Tensor, t_end: float, denoise_t: float,
+                 observer: Recorder | None) -> torch.Tensor:
+    """A fixed-step solve's end: from the last grid time, the jump to t_end where it denoises; then
+    its grid, the jump included, reported to the observer."""
     if denoise_t:
         z = denoise(field, z, t[-1].item(), observer)
         t = torch.cat([t, t.new_tensor([t_end])])
@@ -448,11 +455,7 @@ def sde(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS, step
             noise = torch.randn(z.shape, generator=generator).to(z)
             z_next = z_next + (beta * dt).sqrt() * noise
         z = z_next
-    if denoise_t:
-        z = denoise(field, z, t[-1].item(), observer)
-        t = torch.cat([t, t.new_tensor([t_end])])
-    _report_grid(observer, t, z)
-    return z
+    return _end_of_grid(field, z, t, t_end, denoise_t, observer)
 
 
 NO_STUDENT = ("this model has no distilled student: make one with python -m lsgm_core.distill --checkpoint C --out D, "
@@ -525,13 +528,17 @@ def check_denoise_t(solver: str, denoise_t: float | None, model=None, flag: Call
     spec = SOLVERS[solver]
     if denoise_t is not None:
         if not spec.denoises and denoise_t:
-            raise ValueError(f"{flag('denoise_t')} applies to the {', '.join(n for n, s in SOLVERS.items() if s.denoises)} "
-                             f"solvers, not {solver}")
+            raise ValueError(f"{flag('denoise_t')} applies to the {', '.join(solvers_that_denoise())} solvers, not {solver}")
         if not (denoise_t == 0 or ODE_EPS < denoise_t < 1):
             raise ValueError(f"{flag('denoise_t')} must be 0 (no denoising) or lie in ({ODE_EPS:g}, 1), got {denoise_t}")
     if not spec.denoises:
         return {}
     return {"denoise_t": float(denoise_time(model) if denoise_t is None else denoise_t)}
+
+
+def solvers_that_denoise() -> list[str]:
+    """The registered solvers that take a denoising time (`SolverSpec.denoises`), in registry order."""
+    return [name for name, spec in SOLVERS.items() if spec.denoises]
 
 
 def solvers_set_by(kind: str) -> list[str]:

@@ -3,8 +3,8 @@
     python -m lsgm_core.distill --checkpoint C --out D [--pairs 20000] [--teacher-steps 40]
                                 [--train-steps 3000] [--batch-size 256] [--channels N] [--lr 2e-4] [--seed 0]
                                 [--decoder-channels 32,64 [--decoder-res-blocks 1] [--decoder-steps N]
-                                 [--decoder-posterior N --data-dir DATA]]
-                                [--own-path F] [--pairs-cache FILE] [--student-from S]
+                                 [--decoder-lr 1e-3] [--decoder-own F] [--decoder-posterior N --data-dir DATA]]
+                                [--own-path F] [--adversarial W] [--pairs-cache FILE] [--student-from S]
 
 1. Teacher pairs: --pairs draws z1 ~ N(0, I) (seeded) and the ODE's end point z0 of each, by the
    fast solver with --teacher-steps steps at the model's own alpha.
@@ -14,20 +14,27 @@
    error over the active channels, starting from the teacher's U-Net (output layer zeroed). With
    --own-path F a fraction F of the batches instead sees points of the student's own 2- and 4-step
    paths (its moves made by itself), so that the later steps learn to correct the earlier ones.
+   With --adversarial W the loss adds W times an adversarial term on the 1-step output: a small
+   critic on the active channels learns to tell the student's z0 from the teacher's, the student to
+   fool it (regression alone narrows the samples towards what z1 predicts).
    With --decoder-channels the student gets a decoder of its own, the VAE decoder's architecture at
    those widths, trained to give the model's mean images from the teacher's z0 (mean squared error
    over the pixels): 1-step samples then skip the full decoder, most of their cost. With
    --decoder-posterior N it also learns from one posterior sample z0 ~ q(z0|x) of each of N random
    training images: the student's z0 miss the teacher's, and a decoder that has seen more of the
-   latent space than the teacher's samples gives the model's images there too.
+   latent space than the teacher's samples gives the model's images there too. With
+   --decoder-own F a fraction F of each decoder batch is the student's own z0 from fresh z1, the
+   latents the distilled solver will hand it, with the model decoder's images of them as targets.
    With --student-from S the student starts from the one in checkpoint S (its U-Net, its sigma_data,
-   and its decoder, which is kept as it is unless --decoder-channels trains a new one): a student
-   follows its teacher after further training of the prior for a fraction of a new one's cost.
+   and its decoder, which is kept as it is unless --decoder-channels trains a new one, or trains
+   --decoder-steps more): a student follows its teacher after further training of the prior for a
+   fraction of a new one's cost; --train-steps 0 keeps its U-Net as it is.
 3. D: the teacher's checkpoint with the student in it (config "student"; its weights in
    model.safetensors beside the prior's EMA weights, rounded to float16 and stored so: half the
    bytes, the largest change this makes to 1-step images in the metrics), written atomically. Its
    metrics: on held-out pairs, the error of 1, 2 and 4 student steps against the teacher, as RMS
-   over z0's spread.
+   over z0's spread; with a decoder, its pixel error against the model's decoder on the teacher's
+   held-out z0 and on the student's 1-step z0 from the same z1.
 
 `python -m lsgm_core.sample --checkpoint D --solver distilled --steps 1` then samples with it, as
 do `bench sampling --runs distilled:1` and the app. One JSON line of figures goes to stdout,
@@ -42,8 +49,10 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 from tqdm import tqdm
 
 from . import atomic
@@ -184,17 +193,53 @@ def own_path_inputs(student: Student, z1: torch.Tensor, gen: torch.Generator) ->
     return z, torch.full((len(z1),), grid[j], dtype=z1.dtype, device=z1.device)
 
 
+class LatentCritic(nn.Module):
+    """The adversarial term's discriminator: a small convolutional net on the active channels of z0
+    [B, C, R, R] (R even), one logit per sample."""
+
+    def __init__(self, channels: int, resolution: int, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU(),
+            nn.Flatten(), nn.Linear(2 * width * (resolution // 2) ** 2, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).squeeze(1)
+
+
+def adversarial_term(student: Student, critic: LatentCritic, critic_opt, z1: torch.Tensor, z0: torch.Tensor,
+                     active: torch.Tensor) -> torch.Tensor:
+    """One step of the critic (logistic loss: the teacher's z0 against the student's 1-step z0 from
+    the same z1), then the student's non-saturating loss under the updated critic."""
+    fake, real = student(z1, 1.0)[:, active], z0[:, active]
+    critic_loss = F.softplus(-critic(real)).mean() + F.softplus(critic(fake.detach())).mean()
+    critic_opt.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_opt.step()
+    return F.softplus(-critic(fake)).mean()
+
+
 def distill(student: Student, pairs: tuple[torch.Tensor, torch.Tensor], train_steps: int, batch_size: int = 256,
-            lr: float = 2e-4, ema: float = 0.999, seed: int = 0, own_path: float = 0.0,
+            lr: float = 2e-4, ema: float = 0.999, seed: int = 0, own_path: float = 0.0, adversarial: float = 0.0,
             progress: bool = False) -> Student:
     """Train `student` on (z1, z0) pairs, on its device; returns it with its EMA weights, in eval mode.
     A fraction `own_path` of the batches sees points of its own multi-step paths (own_path_inputs)
-    instead of the exact ones, so that later steps learn to correct the earlier steps' errors."""
+    instead of the exact ones, so that later steps learn to correct the earlier steps' errors.
+    With `adversarial` > 0 the loss adds that weight times an adversarial term on the 1-step
+    output (adversarial_term): regression alone pulls the output towards what is predictable from
+    z1 and narrows the samples; a critic that tells them from the teacher's keeps their spread."""
     z1, z0 = pairs
     device = next(student.parameters()).device
     times = time_grid(student.sde, max(STEPS), ODE_EPS)[0][:-1].float()  # 1 and the 4-step grid's inner times
-    mask = per_channel((student.active > 0).float(), z0)
+    active = student.active > 0
+    mask = per_channel(active.float(), z0)
     dims = mask.sum() * z0[0, 0].numel()
+    if adversarial:
+        torch.manual_seed(seed)
+        critic = LatentCritic(int(active.sum()), z0.shape[-1]).to(device)
+        critic_opt = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.999))
 
     def batch_loss(gen):
         idx = torch.randint(len(z1), (batch_size,), generator=gen)
@@ -204,7 +249,10 @@ def distill(student: Student, pairs: tuple[torch.Tensor, torch.Tensor], train_st
         else:
             t = times[torch.randint(len(times), (batch_size,), generator=gen)].to(device)
             zt = regression_inputs(student, a, b, t)
-        return ((student(zt, t) - b).pow(2) * mask).sum() / (batch_size * dims)
+        loss = ((student(zt, t) - b).pow(2) * mask).sum() / (batch_size * dims)
+        if adversarial:
+            loss = loss + adversarial * adversarial_term(student, critic, critic_opt, a, b, active)
+        return loss
 
     return _fit(student, batch_loss, train_steps, lr, ema, seed, "distilling", progress)
 
@@ -214,23 +262,47 @@ def _mean_images(model, decoder: torch.nn.Module, z0: torch.Tensor) -> torch.Ten
     return model._crop(model.likelihood.mean(decoder(z0)))
 
 
-def distill_decoder(model, z0: torch.Tensor, channels, num_res_blocks: int, train_steps: int, batch_size: int = 256,
-                    lr: float = 1e-3, ema: float = 0.999, seed: int = 0, progress: bool = False) -> tuple[Decoder, dict]:
-    """A Decoder of the given widths trained to give the model's mean images from the z0 [N, ...];
-    returns it (EMA weights, eval mode, on the model's device) and its config entry."""
-    device = next(model.decoder.parameters()).device
+def new_decoder(model, channels, num_res_blocks: int, seed: int = 0) -> tuple[Decoder, dict]:
+    """A freshly initialised (seeded) Decoder of the given widths for the model's latents, on the
+    model's device, and its config entry."""
     spec = {"out_channels": model.decoder.net[-1].out_channels, "channels": [int(c) for c in channels],
             "num_res_blocks": int(num_res_blocks)}
     torch.manual_seed(seed)
-    decoder = Decoder(z0.shape[1], **spec).to(device)
+    return Decoder(model.prior.shape[0], **spec).to(next(model.decoder.parameters()).device), spec
+
+
+def student_latents(model, num: int, gen: torch.Generator) -> torch.Tensor:
+    """z0 of the model's student from `num` fresh z1 ~ N(0, I), at a step count drawn from its
+    grids: the latents its `distilled` solver hands the decoder."""
+    z1 = torch.randn((num,) + tuple(model.prior.shape), generator=gen)
+    steps = STEPS[torch.randint(len(STEPS), (1,), generator=gen).item()]
+    return sample(model, num, "distilled", steps=steps, z1=z1, decode=False).z0
+
+
+def distill_decoder(model, z0: torch.Tensor, decoder: Decoder, train_steps: int, batch_size: int = 256,
+                    lr: float = 1e-3, ema: float = 0.999, seed: int = 0, own: float = 0.0,
+                    progress: bool = False) -> Decoder:
+    """Train `decoder` to give the model's mean images from the latents z0 [N, ...] (mean squared
+    error over the pixels); returns it with its EMA weights, in eval mode. A fraction `own` of each
+    batch is instead the student's own z0 (student_latents), whose model images are computed as
+    they come: the student's z0 miss the teacher's, and the decoder is then trained where the
+    `distilled` solver will use it."""
+    device = next(model.decoder.parameters()).device
     with torch.no_grad():
         targets = torch.cat([_mean_images(model, model.decoder, c.to(device)).cpu() for c in z0.split(500)])
+    n_own = round(own * batch_size)
 
     def batch_loss(gen):
-        idx = torch.randint(len(z0), (batch_size,), generator=gen)
-        return (_mean_images(model, decoder, z0[idx].to(device)) - targets[idx].to(device)).pow(2).mean()
+        idx = torch.randint(len(z0), (batch_size - n_own,), generator=gen)
+        latents, want = z0[idx].to(device), targets[idx].to(device)
+        if n_own:
+            mine = student_latents(model, n_own, gen).to(device)
+            with torch.no_grad():
+                want = torch.cat([want, _mean_images(model, model.decoder, mine)])
+            latents = torch.cat([latents, mine])
+        return (_mean_images(model, decoder, latents) - want).pow(2).mean()
 
-    return _fit(decoder, batch_loss, train_steps, lr, ema, seed, "decoder", progress), spec
+    return _fit(decoder, batch_loss, train_steps, lr, ema, seed, "decoder", progress)
 
 
 def decoder_posterior(model, num: int, data_dir=None, seed: int = 0) -> torch.Tensor:
@@ -255,7 +327,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="the checkpoint folder to write (teacher + student)")
     ap.add_argument("--pairs", type=int, default=20000, help="teacher ODE pairs, %d of them held out (default 20000)" % HELD_OUT)
     ap.add_argument("--teacher-steps", type=int, default=40, help="fast-solver steps of the teacher (default 40)")
-    ap.add_argument("--train-steps", type=int, default=3000, help="optimisation steps (default 3000)")
+    ap.add_argument("--train-steps", type=int, default=3000, help="optimisation steps (default 3000; 0 with "
+                    "--student-from keeps its U-Net as it is, e.g. to train only its decoder further)")
     ap.add_argument("--batch-size", type=int, default=256, help="pairs per step (default 256)")
     ap.add_argument("--channels", type=int, help="the student U-Net's base width (default: the prior's, whose "
                     "weights it then starts from; narrower samples faster and ships smaller)")
@@ -263,11 +336,19 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seeds the pairs and the batches (default 0)")
     ap.add_argument("--own-path", type=float, default=0.0, help="the fraction of batches whose inputs are points "
                     "of the student's own 2- and 4-step paths rather than the exact ones (default 0)")
+    ap.add_argument("--adversarial", type=float, default=0.0, metavar="W", help="weight of an adversarial term on "
+                    "the 1-step output: a small critic learns to tell the student's z0 from the teacher's, and the "
+                    "student learns to fool it, which keeps the spread that regression alone narrows (default 0)")
     ap.add_argument("--decoder-channels", help="widths of a decoder of the student's own, one per "
                     "resolution level as the model's (e.g. 32,64; default: the student uses the model's decoder)")
     ap.add_argument("--decoder-res-blocks", type=int, default=1, help="residual blocks per level of that decoder "
                     "(default 1)")
-    ap.add_argument("--decoder-steps", type=int, help="its optimisation steps (default: --train-steps)")
+    ap.add_argument("--decoder-steps", type=int, help="its optimisation steps (default: --train-steps); with "
+                    "--student-from and no --decoder-channels, the kept decoder trains this many steps more")
+    ap.add_argument("--decoder-lr", type=float, default=1e-3, help="the decoder's learning rate (default 1e-3)")
+    ap.add_argument("--decoder-own", type=float, default=0.0, metavar="F", help="the fraction of each decoder batch "
+                    "that is the student's own z0 from fresh z1 (1, 2 or 4 steps), with the model decoder's images "
+                    "of them as targets: the decoder then learns where the distilled solver uses it (default 0)")
     ap.add_argument("--decoder-posterior", type=int, default=0, metavar="N", help="that decoder also learns from one "
                     "posterior sample z0 ~ q(z0|x) of each of N random training images (the data set is read from "
                     "--data-dir), so that it sees latents beyond the teacher's samples (default 0)")
@@ -311,25 +392,44 @@ def run(args) -> dict:
                          f"got {args.channels}")
     if args.decoder_channels is not None:
         args.decoder_channels = _widths(args.decoder_channels)
-    args.decoder_steps = args.train_steps if args.decoder_steps is None else args.decoder_steps
-    for name in ("pairs", "teacher_steps", "train_steps", "batch_size", "decoder_res_blocks", "decoder_steps"):
+    tune_decoder = args.decoder_channels is None and args.decoder_steps is not None
+    if args.decoder_steps is None:
+        args.decoder_steps = args.train_steps
+    for name in ("pairs", "teacher_steps", "batch_size", "decoder_res_blocks", "decoder_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.train_steps < (0 if args.student_from is not None else 1):
+        raise ValueError(f"--train-steps must be at least 1 for a new student (0 is allowed with --student-from, "
+                         f"to keep its U-Net), got {args.train_steps}")
+    if tune_decoder and args.student_from is None:
+        raise ValueError("--decoder-steps without --decoder-channels trains the decoder of the --student-from "
+                         "student further: give --student-from, or --decoder-channels for a new decoder")
+    if not 0.0 <= args.decoder_own <= 1.0:
+        raise ValueError(f"--decoder-own is a fraction of each decoder batch, from 0 to 1; got {args.decoder_own}")
+    if not args.decoder_lr > 0:
+        raise ValueError(f"--decoder-lr must be positive, got {args.decoder_lr}")
     if args.decoder_posterior < 0:
         raise ValueError(f"--decoder-posterior is a number of training images, 0 or more; got {args.decoder_posterior}")
-    if args.decoder_posterior and args.decoder_channels is None:
-        raise ValueError("--decoder-posterior trains the student's own decoder: give --decoder-channels too")
+    for name in ("decoder_own", "decoder_posterior"):
+        if getattr(args, name) and args.decoder_channels is None and not tune_decoder:
+            raise ValueError(f"--{name.replace('_', '-')} is for training the student's own decoder: give "
+                             "--decoder-channels (a new one) or --decoder-steps with --student-from (the kept one)")
     if args.pairs <= HELD_OUT:
         raise ValueError(f"--pairs must exceed the {HELD_OUT} held-out pairs, got {args.pairs}")
     if not 0.0 <= args.own_path <= 1.0:
         raise ValueError(f"--own-path is a fraction of the batches, from 0 to 1; got {args.own_path}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
+    if not args.adversarial >= 0:
+        raise ValueError(f"--adversarial is a weight, 0 or more; got {args.adversarial}")
     if args.student_from is not None and args.channels is not None:
         raise ValueError("--channels sets the width of a new student; --student-from starts from an existing one, "
                          "whose width it keeps: give one of the two")
     model = load_model(args.checkpoint, pick_device(args.device))
     start_from = student_from(model, args.student_from) if args.student_from is not None else None
+    if tune_decoder and start_from[0].decoder is None:
+        raise ValueError(f"--decoder-steps without --decoder-channels trains the decoder of the --student-from "
+                         f"student further, but the student of {args.student_from} has none: give --decoder-channels")
     if args.decoder_channels is not None:
         if model.kind != "lsgm":
             raise ValueError(f"--decoder-channels needs a latent model; this one is {model.kind!r} (no decoder)")
@@ -348,10 +448,11 @@ def run(args) -> dict:
     train, held = (z1[HELD_OUT:], z0[HELD_OUT:]), (z1[:HELD_OUT], z0[:HELD_OUT])
     start = time.perf_counter()
     student = make_student(model, train[1], args.channels) if start_from is None else start_from[0]
-    model.student = distill(student, train, args.train_steps, args.batch_size, args.lr,
-                            seed=args.seed, own_path=args.own_path, progress=progress)
+    model.student = (distill(student, train, args.train_steps, args.batch_size, args.lr,
+                             seed=args.seed, own_path=args.own_path, adversarial=args.adversarial, progress=progress)
+                     if args.train_steps else student.eval())
     figures = {"pairs": args.pairs, "teacher_steps": args.teacher_steps, "train_steps": args.train_steps,
-               "own_path": args.own_path, "teacher_seconds": round(teacher_seconds, 1), "pairs_from_cache": cached,
+               "own_path": args.own_path, "adversarial": args.adversarial, "teacher_seconds": round(teacher_seconds, 1), "pairs_from_cache": cached,
                "train_seconds": round(time.perf_counter() - start, 1)}
     if start_from is not None:
         figures["student_from"] = str(args.student_from)
@@ -360,19 +461,29 @@ def run(args) -> dict:
                           "net": {**config["model"]["prior"]["net"], "channels": model.student.net.temb_ch},
                           "sigma_data": model.student.sigma_data.item(), "steps": list(STEPS)}
                          if start_from is None else start_from[1])
-    if args.decoder_channels is not None:
+    if args.decoder_channels is not None or tune_decoder:
         start = time.perf_counter()
         z0 = train[1] if not args.decoder_posterior else torch.cat([train[1], posterior])
-        model.student.decoder, config["student"]["decoder"] = distill_decoder(
-            model, z0, args.decoder_channels, args.decoder_res_blocks, args.decoder_steps, args.batch_size,
-            seed=args.seed, progress=progress)
+        if tune_decoder:
+            decoder = model.student.decoder
+        else:
+            decoder, config["student"]["decoder"] = new_decoder(model, args.decoder_channels, args.decoder_res_blocks,
+                                                                args.seed)
+        model.student.decoder = distill_decoder(model, z0, decoder, args.decoder_steps, args.batch_size,
+                                                args.decoder_lr, seed=args.seed, own=args.decoder_own,
+                                                progress=progress)
         figures.update(decoder_steps=args.decoder_steps, decoder_posterior=args.decoder_posterior,
+                       decoder_own=args.decoder_own, decoder_lr=args.decoder_lr,
+                       decoder_from="student_from" if tune_decoder else "new",
                        decoder_seconds=round(time.perf_counter() - start, 1))
     figures["float16_images_max_abs"] = round_to_half(model, held[0][:256])
     # what ships: the figures of the rounded student
     figures["student_rel_rmse"] = student_error(model, *held)
     if model.student.decoder is not None:
-        figures["decoder_error"] = decoder_error(model, held[1].to(next(model.parameters()).device))
+        device = next(model.parameters()).device
+        figures["decoder_error"] = decoder_error(model, held[1].to(device))
+        own = sample(model, len(held[0]), "distilled", steps=1, z1=held[0], decode=False).z0
+        figures["decoder_error_own"] = decoder_error(model, own)
     halves = {f"student.{name}" for name, _ in model.student.named_parameters()}
     weights = {k: v.half() if k in halves else v for k, v in model.state_dict().items()}
     meta = {**derived_meta(model.meta, {"distillation": figures}, "distilled_from"), "ema_folded": True}

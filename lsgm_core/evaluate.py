@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on its data set: NELBO with the ODE prior likelihood, bits/dim, optionally FID.
 
     python -m lsgm_core.evaluate --checkpoint runs/s2 --data-dir DATA [--split test] [--limit 1000] [--iw 100] [--fid]
+                                 [--resume FILE]
 
 The NELBO per image is -log p(x|z0) + log q(z0|x) - log p_ODE(z0), one z0 per image (or the
 importance-weighted bound with --iw K), averaged over the first --limit images of the split,
@@ -9,6 +10,10 @@ for MNIST). For the pixel baseline it is -log p_ODE(2x - 1): a density of contin
 comparable with a discrete likelihood (see lsgm_core.nelbo.nelbo); with --dequantize it is the
 uniformly dequantised bound -log p_ODE(y) - D log(2 / levels) on -log P(x) of the discrete images,
 which is comparable with an LSGM's NELBO.
+--resume FILE keeps the sums of every finished batch in FILE (JSON, written atomically after each
+batch) with the settings they depend on; the same command run again continues after the last
+finished batch, and its figures are those of one unbroken run (the skipped batches' binarisations
+and seeds are drawn again, in order). A file written with other settings is refused.
 --fid draws as many samples as images evaluated (or --fid-samples; fast solver) and compares them with as many test
 images in the feature space of the data set's shipped classifier (lsgm_core.features); for an
 LSGM it also gives the floor of that FID, the FID of decoded posterior samples of as many training
@@ -19,13 +24,16 @@ One JSON line to stdout; progress to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from . import atomic
 from .checkpoint import CheckpointError, load_model
 from .cli import report
 from .data import config_dataset
@@ -79,9 +87,36 @@ def main(argv=None) -> int:
     add_denoise_arg(ap, "--fid-denoise-t", "the --fid samples")
     ap.add_argument("--fid-samples", type=int,
                     help="samples (and test images) for --fid (default: as many as images evaluated)")
+    ap.add_argument("--resume", metavar="FILE", help="keep each finished batch's sums in FILE and continue from it "
+                    "when run again with the same settings (a long CPU evaluation survives being stopped)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = ap.parse_args(argv)
     return report(lambda: evaluate(args))
+
+
+def _resume_key(model, args, n: int, levels) -> dict:
+    """What the sums of an evaluation's batches depend on: the model's weights and every setting."""
+    return {"weights": model.meta.get("files", {}).get("model.safetensors"), "split": args.split, "n": n, "batch_size": args.batch_size, "atol": args.atol, "rtol": args.rtol,
+            "iw": args.iw, "probes": args.probes, "seed": args.seed, "dequantize": levels}
+
+
+def finished_batches(path, key: dict) -> list[dict]:
+    """The batches already done in the --resume file `path` (none if it does not exist yet); a file
+    from other settings is refused, naming them."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        state = json.loads(path.read_text())
+        saved, batches = state["key"], state["batches"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--resume {path}: not a file this command wrote ({e}); remove it or give another path") from e
+    differ = sorted(k for k in key.keys() | saved.keys() if key.get(k) != saved.get(k))
+    if differ:
+        raise ValueError(f"--resume {path} holds an evaluation with other settings ("
+                         + ", ".join(f"{k}: {saved.get(k)!r} there, {key.get(k)!r} now" for k in differ)
+                         + "); run with those settings, or give another file")
+    return batches
 
 
 def evaluate(args) -> dict:
@@ -105,19 +140,25 @@ def evaluate(args) -> dict:
     levels = (2 if dataset.binarize else 256) if args.dequantize else None
     n = min(args.limit or len(dataset), len(dataset))
     gen = seeded_generator(args.seed)
-    totals = {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "sq": 0.0}
-    nfe = 0
-    start = time.perf_counter()
+    key = _resume_key(model, args, n, levels)
+    done = finished_batches(args.resume, key) if args.resume else []
+    resumed = len(done)
     batches = torch.arange(n).split(args.batch_size)
-    for idx in tqdm(batches, desc="evaluating", unit="batch", file=sys.stderr, disable=args.no_progress):
-        x, _ = dataset.batch(idx, generator=gen)
+    for i, idx in enumerate(tqdm(batches, desc="evaluating", unit="batch", file=sys.stderr, disable=args.no_progress)):
+        x, _ = dataset.batch(idx, generator=gen)  # drawn for finished batches too: the later draws stay the same
         batch_seed = int(torch.randint(2 ** 62, (1,), generator=gen))
+        if i < len(done):
+            continue
+        start = time.perf_counter()
         out = nelbo(model, x, atol=args.atol, rtol=args.rtol, iw_samples=args.iw, probes=args.probes,
                     seed=batch_seed, dequantize=levels)
-        for k in ("nelbo", "recon", "kl"):
-            totals[k] += out[k].sum().item()
-        totals["sq"] += out["nelbo"].pow(2).sum().item()
-        nfe += out["nfe"]
+        done.append({**{k: out[k].sum().item() for k in ("nelbo", "recon", "kl")},
+                     "sq": out["nelbo"].pow(2).sum().item(), "nfe": out["nfe"],
+                     "seconds": round(time.perf_counter() - start, 3)})
+        if args.resume:
+            atomic.write_json(args.resume, {"key": key, "batches": done})
+    totals = {k: sum(b[k] for b in done) for k in ("nelbo", "recon", "kl", "sq", "nfe", "seconds")}
+    nfe = totals["nfe"]
     mean = {k: totals[k] / n for k in ("nelbo", "recon", "kl")}
     result = {"checkpoint": model.meta["path"], "kind": model.kind, "dataset": d["dataset"], "split": args.split,
               "n": n, "nelbo_nats": mean["nelbo"],
@@ -125,7 +166,9 @@ def evaluate(args) -> dict:
               "bpd": bits_per_dim(mean["nelbo"], data_dims(model)),
               "recon_nats": mean["recon"], "kl_nats": mean["kl"], "iw": args.iw, "atol": args.atol,
               "rtol": args.rtol, "probes": args.probes, "seed": args.seed, "nfe_per_batch": nfe / len(batches),
-              "seconds": round(time.perf_counter() - start, 3)}
+              "seconds": round(totals["seconds"], 3)}
+    if args.resume:
+        result["resume"] = {"file": str(args.resume), "batches_before": resumed}
     if model.kind == "pixel":
         result["note"] = (f"upper bound on -log P(x) of the discrete images by uniform dequantisation ({levels} levels "
                           "per pixel; recon is the bins' log-volume term): comparable with an LSGM's NELBO"

@@ -85,6 +85,41 @@ def test_evaluate_cli(tiny_checkpoints, pixel_checkpoint, data_dir, capsys):
     assert "comparable with an LSGM's NELBO" in bound["note"]
 
 
+def test_an_evaluation_stopped_and_resumed_gives_the_unbroken_runs_figures(tiny_checkpoints, data_dir, tmp_path,
+                                                                           capsys, monkeypatch):
+    """--resume FILE: stopped after two of three batches (the third ODE solve fails), the same command
+    continues with the third alone and reports what one unbroken run reports; other settings are
+    refused with the difference named, and so is a file this command did not write."""
+    argv = ["--checkpoint", tiny_checkpoints["stage2"], "--data-dir", data_dir, "--limit", 6, "--batch-size", 2,
+            "--atol", 1e-3, "--rtol", 1e-3, "--device", "cpu", "--no-progress"]
+    code, stdout, _ = run_main(evaluate.main, argv, capsys)
+    unbroken = json.loads(stdout)
+    state = tmp_path / "eval.json"
+    real, calls = evaluate.nelbo, []
+
+    def stops_at_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate, "nelbo", stops_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main([str(a) for a in argv + ["--resume", state]])
+    assert len(json.loads(state.read_text())["batches"]) == 2
+    calls.clear()
+    code, stdout, _ = run_main(evaluate.main, argv + ["--resume", state], capsys)
+    resumed = json.loads(stdout)
+    assert code == 0 and len(calls) == 1 and resumed["resume"]["batches_before"] == 2
+    for key in ("nelbo_nats", "nelbo_std_err", "recon_nats", "kl_nats", "nfe_per_batch", "n"):
+        assert resumed[key] == unbroken[key], key
+    code, _, err = run_main(evaluate.main, [a if a != 1e-3 else 1e-4 for a in argv] + ["--resume", state], capsys)
+    assert code == 2 and "other settings (atol: 0.001 there, 0.0001 now" in err and len(calls) == 1
+    state.write_text("not json")
+    code, _, err = run_main(evaluate.main, argv + ["--resume", state], capsys)
+    assert code == 2 and "not a file this command wrote" in err
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--checkpoint", "{missing}"], "does not exist"),
     (["--limit", 0], "--limit must be positive"),

@@ -96,8 +96,9 @@ def main(argv=None) -> int:
 
 def _resume_key(model, args, n: int, levels) -> dict:
     """What the sums of an evaluation's batches depend on: the model's weights and every setting."""
-    return {"weights": model.meta.get("files", {}).get("model.safetensors"), "split": args.split, "n": n, "batch_size": args.batch_size, "atol": args.atol, "rtol": args.rtol,
-            "iw": args.iw, "probes": args.probes, "seed": args.seed, "dequantize": levels}
+    return {"weights": model.meta.get("files", {}).get("model.safetensors"), "split": args.split, "n": n,
+            "batch_size": args.batch_size, "atol": args.atol, "rtol": args.rtol, "iw": args.iw,
+            "probes": args.probes, "seed": args.seed, "dequantize": levels}
 
 
 def finished_batches(path, key: dict) -> list[dict]:

@@ -25,8 +25,8 @@ LIKELIHOOD_MODEL, BOUND_500, MARGIN = "lsgm-bmnist-large", 81.977, 0.5
 # (30% more), and 1,000 samples could not tell the two apart (1.44 against 1.64).
 DEFAULT_FID_RATIO_2K, RATIO_MARGIN = 1.518, 0.1
 # README, "The prior gap": the default model's ODE NELBO of the whole test set, the record of the
-# `evaluate --resume` run that measured it (2 h on the 2-core CPU) shipped beside its weights.
-NELBO_RECORD = CHECKPOINTS / "lsgm-bmnist-samples" / "nelbo_test.json"
+# `evaluate --resume` run that measured it (144 min on the 2-core CPU) shipped beside its weights.
+NELBO_RECORD = CHECKPOINTS / DEFAULT / "nelbo_test.json"
 
 
 def test_every_model_folder_is_tested():
@@ -90,7 +90,7 @@ def test_the_default_models_full_test_set_nelbo_is_the_record_of_its_weights(dat
         raise AssertionError("the record should hold every batch")
 
     monkeypatch.setattr(evaluate, "nelbo", no_solve)
-    code = evaluate.main(["--checkpoint", str(CHECKPOINTS / "lsgm-bmnist-samples"), "--data-dir", str(data_dir),
+    code = evaluate.main(["--checkpoint", str(CHECKPOINTS / DEFAULT), "--data-dir", str(data_dir),
                           "--batch-size", "250", "--resume", str(record), "--device", "cpu", "--no-progress"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["n"] == 10000 and out["resume"]["batches_before"] == 40

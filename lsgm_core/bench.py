@@ -12,6 +12,7 @@ needs no download and the numbers do not depend on the data.
 
     python -m lsgm_core.bench sampling --checkpoint A [--baseline B] [--sizes 16 256]
                                        [--runs ode:1e-5 fast:10 ...] [--repeats R] [--device D]
+                                       [--fid N [--plot FILE.svg]]
 
 `sampling` times lsgm_core.solvers.sample (network, solver and decoding; seed 0) for each number of
 samples and solver setting (default: the adaptive ODE at atol = rtol = 1e-5 and 1e-3, the reverse
@@ -19,7 +20,11 @@ SDE with 1000 steps, the fast solver with 20 and 10), after an untimed warm-up c
 keeping the best (`seconds`) and the median (`median_seconds`) of --repeats timings; images are
 decoded as the solver does it (`distilled` through the student's own decoder where it has one);
 with --baseline (the pixel-space model) the same runs are timed for it
-and `speedup` gives baseline / model, in wall time and in NFE, run by run.
+and `speedup` gives baseline / model, in wall time and in NFE, run by run. With --fid N each
+setting's FID of N samples (as `quality` measures it) comes beside its time, `equal_fid` gives, for
+each number of samples, the fastest setting of each model that reaches the worse of the two best
+FIDs and the speed-up there (lsgm_core.comparison.equal_fid), and --plot draws FID against time, a
+panel per number of samples, a line per model, a point per setting (lsgm_core.fid_plot).
 
     python -m lsgm_core.bench quality --checkpoint A [--runs ode:1e-5 fast:10 sde:1000 ...] [--num 10000]
 
@@ -54,7 +59,7 @@ import torch
 
 from .checkpoint import load_model
 from .cli import report
-from .comparison import speedup
+from .comparison import equal_fid, speedup
 from .config import load_config
 from .data import dataset_spec
 from .datasets import SPLITS
@@ -175,6 +180,12 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="time each run this many times and keep the best and the median (default 1)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fid", type=int, default=0, metavar="N",
+                   help="also the FID of N samples per setting against N test images, and the two models at "
+                        "equal FID (default 0: no FID)")
+    p.add_argument("--batch-size", type=int, default=2500, help="samples per solve for --fid (default 2500)")
+    p.add_argument("--data-dir", help="data folder for --fid, only where the test statistics are not shipped")
+    p.add_argument("--plot", metavar="FILE.svg", help="with --fid: write FID against sampling time there")
     add_denoise_arg(p)
 
 
@@ -210,11 +221,41 @@ def _time_sampling(model, device: torch.device, runs: dict[str, dict], args, rol
     return out
 
 
+def _fid_of_run(model, device: torch.device, options: dict, num: int, args) -> tuple:
+    """`num` samples of one solver setting (in solves of --batch-size), their wall time and FID."""
+    from .features import fid_against_test_set
+
+    out, seconds = _timed_sample(model, device, num, options, seed=args.seed, batch_size=args.batch_size)
+    fid = fid_against_test_set(out.images.cpu(), model.config["data"]["dataset"], args.data_dir, n=num, seed=args.seed)
+    return out, seconds, fid
+
+
+def _with_fid(runs_by_size: dict, fids: dict) -> dict:
+    return {num: {spec: {**r, "fid": fids[spec]} for spec, r in runs.items()} for num, runs in runs_by_size.items()}
+
+
+def _plot(path: str, result: dict) -> None:
+    from .fid_plot import write_fid_plot
+
+    roles = [r for r in ("model", "baseline") if r in result]
+    panels = {f"{num} samples": {Path(result[role]["checkpoint"]).name:
+                                 [(r["seconds"], r["fid"], spec) for spec, r in runs[num].items()]
+                                 for role, runs in ((role, _with_fid(result[role]["runs"], result[role]["fid"]))
+                                                    for role in roles)}
+              for num in result["model"]["runs"]}
+    write_fid_plot(path, panels)
+
+
 def bench_sampling(args) -> dict:
-    """NFE and wall time of every sampler for 16 and 256 samples, and the speed-up over a baseline."""
+    """NFE and wall time of every sampler for 16 and 256 samples, and the speed-up over a baseline;
+    with --fid, each setting's FID and the two models at equal FID."""
     runs = {spec: parse_setting(spec) for spec in args.runs}
     if min(args.sizes) < 1 or args.repeats < 1:
         raise ValueError("--sizes and --repeats must be positive")
+    if args.fid < 0 or args.fid == 1 or args.batch_size < 1:
+        raise ValueError("--fid must be 0 (no FID) or at least 2, and --batch-size positive")
+    if args.plot is not None and (not args.fid or Path(args.plot).suffix.lower() != ".svg"):
+        raise ValueError(f"--plot needs --fid N and a file name ending in .svg (got --plot {args.plot})")
     device = pick_device(args.device)
     result = {"bench": "sampling", "device": str(device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "repeats": args.repeats}
@@ -225,12 +266,27 @@ def bench_sampling(args) -> dict:
         result[role] = {"checkpoint": model.meta["path"], "kind": model.kind, "shape": list(model.latent_shape),
                         "params_prior": sum(p.numel() for p in model.prior.parameters()),
                         "runs": _time_sampling(model, device, runs, args, role)}
+        if args.fid:
+            result[role]["fid_samples"] = args.fid
+            result[role]["fid"] = {}
+            for spec, options in _with_denoising(model, runs, args.denoise_t).items():
+                result[role]["fid"][spec] = round(_fid_of_run(model, device, options, args.fid, args)[2], 3)
+                print(json.dumps({role: {"fid": {spec: result[role]["fid"][spec]}}}), file=sys.stderr, flush=True)
     if args.baseline is not None:
         # how many times faster the model is than the baseline (> 1: the model is faster)
         result["speedup"] = {
             num: {label: {k: round(v, 2) for k, v in speedup(m["seconds"], m["nfe"], b["seconds"], b["nfe"]).items()}
                   for label, m in runs.items() for b in [result["baseline"]["runs"][num][label]]}
             for num, runs in result["model"]["runs"].items()}
+        if args.fid:
+            model_runs, baseline_runs = (_with_fid(result[r]["runs"], result[r]["fid"]) for r in ("model", "baseline"))
+            result["equal_fid"] = {}
+            for num in model_runs:
+                e = equal_fid(model_runs[num], baseline_runs[num])
+                result["equal_fid"][num] = {**e, "speedup": {k: round(v, 2) for k, v in e["speedup"].items()}}
+    if args.plot is not None:
+        _plot(args.plot, result)
+        result["plot"] = args.plot
     return result
 
 
@@ -255,7 +311,6 @@ def _denoise_field(options: dict) -> dict:
 def bench_quality(args) -> dict:
     """Sample quality (FID against the test set) of each solver setting, with its NFE and wall time;
     for an LSGM also the posterior-reconstruction FID (the floor) and each FID's ratio to it."""
-    from .features import fid_against_test_set
     from .quality import fid_ratio, posterior_fids
 
     runs = {spec: parse_setting(spec) for spec in args.runs}
@@ -272,8 +327,7 @@ def bench_quality(args) -> dict:
                        posterior_fids(model, args.num, args.data_dir, args.seed, args.batch_size).items()})
         print(json.dumps({"posterior_fid": result["posterior_fid"]}), file=sys.stderr, flush=True)
     for spec, options in _with_denoising(model, runs, args.denoise_t).items():
-        out, seconds = _timed_sample(model, device, args.num, options, seed=args.seed, batch_size=args.batch_size)
-        fid = fid_against_test_set(out.images.cpu(), dataset, args.data_dir, n=args.num, seed=args.seed)
+        out, seconds, fid = _fid_of_run(model, device, options, args.num, args)
         result["runs"][spec] = {"nfe_per_batch": out.nfe / -(-args.num // args.batch_size), **_denoise_field(options),
                                 "seconds": round(seconds, 3), "fid": round(fid, 3)}
         if "posterior_fid" in result:

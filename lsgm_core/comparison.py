@@ -4,6 +4,8 @@
 its own shape, from that seed exactly as `sample(model, num, seed=seed)` does: the result is
 reproducible and each side equals a plain sample of its model), and `speedup` gives baseline / model
 in wall time and in network evaluations, the ratios `bench sampling --baseline` reports too.
+`equal_fid` compares the two at equal quality: the cheapest solver setting of each that reaches a
+FID both reach.
 """
 from __future__ import annotations
 
@@ -20,6 +22,24 @@ SIDES = ("model", "baseline")
 def speedup(model_seconds: float, model_nfe: int, baseline_seconds: float, baseline_nfe: int) -> dict[str, float]:
     """How many times faster the model is than the baseline (> 1: the model is faster), in wall time and in NFE."""
     return {"seconds": baseline_seconds / max(model_seconds, MIN_SECONDS), "nfe": baseline_nfe / model_nfe}
+
+
+def equal_fid(model_runs: dict[str, dict], baseline_runs: dict[str, dict]) -> dict:
+    """The two models at equal quality, from measured runs ({setting: {"seconds", "nfe", "fid"}} each).
+
+    The level is the worse of the two best FIDs (the best FID both reach); for each model the
+    fastest setting whose FID is at most that level, and speedup() of the two. Only measured
+    points are used: nothing is interpolated between solver settings.
+    """
+    if not model_runs or not baseline_runs:
+        raise ValueError("equal_fid needs at least one measured run of each model")
+    level = max(min(r["fid"] for r in model_runs.values()), min(r["fid"] for r in baseline_runs.values()))
+    chosen = {}
+    for side, runs in zip(SIDES, (model_runs, baseline_runs)):
+        setting = min((s for s, r in runs.items() if r["fid"] <= level), key=lambda s: runs[s]["seconds"])
+        chosen[side] = {"run": setting, **{k: runs[setting][k] for k in ("fid", "nfe", "seconds")}}
+    m, b = chosen["model"], chosen["baseline"]
+    return {"fid": level, **chosen, "speedup": speedup(m["seconds"], m["nfe"], b["seconds"], b["nfe"])}
 
 
 @dataclass

@@ -58,9 +58,10 @@ DEFAULTS: dict = {
         "inactive_kl_threshold": 0.1, # stage-2 channels with less KL (nats) get alpha fixed to 0
         "num_threads": None,
         "precision": "fp32",          # fp32 | bf16 (autocast of the networks on CUDA and CPU)
-        "eval_every": 0,              # every N steps, log the test NELBO bound of eval_images images
+        "eval_every": 0,              # every N steps, log an LSGM's test NELBO bound of eval_images images
         "eval_images": 1000,
-        "eval_fid": 0,                # with eval_every: also the FID of this many samples and its posterior floor
+        "eval_fid": 0,                # with eval_every: also the FID of this many samples (an LSGM's with its
+                                      # posterior floor); a pixel model logs only this
     },
 }
 

@@ -40,7 +40,7 @@ class ScorePrior(nn.Module):
     def alpha(self, override: float | torch.Tensor | None = None) -> torch.Tensor:
         """Per-channel mixing coefficients [C]: learned, or `override` (a number or a [C] tensor)."""
         if not self.mixed:
-            return torch.ones(self.shape[0], device=self.net.conv_in.weight.device)
+            return torch.ones(self.shape[0], device=next(self.net.parameters()).device)
         a = torch.sigmoid(self.mixing_logit) if override is None else torch.as_tensor(
             override, dtype=self.mixing_logit.dtype, device=self.mixing_logit.device).expand(self.shape[0])
         return a * self.active

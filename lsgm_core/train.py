@@ -214,7 +214,7 @@ class Trainer(Run):
                     bar.set_postfix(loss=f"{stats['loss']:.2f}")
                     self._log(log, {**{k: round(v, 5) for k, v in stats.items()}, "seconds": round(self.seconds(), 2),
                                     "images_per_s": round(images / max(time.perf_counter() - start, 1e-9), 1)})
-                if t["eval_every"] and self.step % t["eval_every"] == 0 and self.model.kind == "lsgm" and log:
+                if t["eval_every"] and self.step % t["eval_every"] == 0 and self.has_evaluation and log:
                     self._log(log, {**self.evaluation(), "seconds": round(self.seconds(), 2)})
                 if self.step % t["ckpt_every"] == 0 and self.step < t["max_steps"]:
                     self.save()
@@ -234,23 +234,42 @@ class Trainer(Run):
         """The losses that give the model's NELBO bound: the prior stage's model is a stage-2 one."""
         return 2 if self.stage == "prior" else self.stage
 
+    @property
+    def samples_from_prior(self) -> bool:
+        """Whether the model being trained draws samples (a stage-1 VAE has only its N(0, I) prior)."""
+        return self.model.kind == "pixel" or self.stage != 1
+
+    @property
+    def has_evaluation(self) -> bool:
+        """An LSGM always has its test bound to log; a pixel model only the FID of train.eval_fid samples."""
+        return self.model.kind == "lsgm" or bool(self.cfg["train"]["eval_fid"])
+
     def evaluation(self) -> dict:
-        """The time-to-quality curve's point: the test NELBO bound of train.eval_images images and,
-        with train.eval_fid = N, the FID of N samples (fast solver, seed 0), its posterior floor and
-        their ratio (lsgm_core.quality)."""
+        """The time-to-quality curve's point: for an LSGM the test NELBO bound of train.eval_images
+        images and, with train.eval_fid = N, the FID of N samples (fast solver, seed 0, the model's
+        denoising time) against N test images, with an LSGM's posterior floor and their ratio
+        (lsgm_core.quality). A pixel model logs only the FID: its likelihood is an ODE integral,
+        too dear to log in the loop (`python -m lsgm_core.evaluate` gives it)."""
+        from .features import fid_against_test_set
+        from .quality import sample_fids
+        from .solvers import sample
+
         t = self.cfg["train"]
         model = self.model_for_eval()
-        out = {"test_bound_nelbo": round(bound_nelbo(model, self.test_set, self.eval_stage, limit=t["eval_images"]), 3),
-               "eval_images": min(t["eval_images"], len(self.test_set))}
-        if t["eval_fid"] and self.stage != 1:
-            from .quality import sample_fids
-            from .solvers import sample
-
+        out = {}
+        if model.kind == "lsgm":
+            out = {"test_bound_nelbo": round(bound_nelbo(model, self.test_set, self.eval_stage, limit=t["eval_images"]), 3),
+                   "eval_images": min(t["eval_images"], len(self.test_set))}
+        if t["eval_fid"] and self.samples_from_prior:
             model.eval()
             images = sample(model, t["eval_fid"], "fast", seed=0, batch_size=500).images.cpu()
-            fids = sample_fids(model, images, self.data_dir)
-            out.update(test_fid=round(fids.pop("fid"), 3), **{k: round(v, 3) for k, v in fids.items()},
-                       fid_samples=t["eval_fid"])
+            if model.kind == "lsgm":
+                fids = sample_fids(model, images, self.data_dir)
+                out.update(test_fid=round(fids.pop("fid"), 3), **{k: round(v, 3) for k, v in fids.items()})
+            else:
+                out["test_fid"] = round(fid_against_test_set(images, model.config["data"]["dataset"], self.data_dir,
+                                                             n=t["eval_fid"]), 3)
+            out["fid_samples"] = t["eval_fid"]
         return out
 
 

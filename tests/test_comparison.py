@@ -4,7 +4,7 @@ import torch
 from solver_stubs import untrained_student
 
 from lsgm_core import load_model
-from lsgm_core.comparison import MIN_SECONDS, compare, speedup
+from lsgm_core.comparison import MIN_SECONDS, compare, equal_fid, speedup
 from lsgm_core.solvers import sample
 
 
@@ -17,6 +17,23 @@ def test_speedup_is_baseline_over_model():
     assert speedup(0.5, 10, 2.0, 30) == {"seconds": 4.0, "nfe": 3.0}
     # a time below the timer's resolution is not an infinite speed-up
     assert speedup(0.0, 5, 1.0, 5) == {"seconds": 1.0 / MIN_SECONDS, "nfe": 1.0}
+
+
+def test_equal_fid_takes_the_fastest_setting_of_each_that_reaches_the_worse_best_fid():
+    latent = {"fast:5": {"seconds": 0.1, "nfe": 5, "fid": 9.0}, "fast:10": {"seconds": 0.2, "nfe": 10, "fid": 3.0},
+              "ode:1e-5": {"seconds": 1.5, "nfe": 140, "fid": 2.0}}
+    pixel = {"fast:20": {"seconds": 6.0, "nfe": 20, "fid": 5.0}, "ode:1e-3": {"seconds": 20.0, "nfe": 62, "fid": 4.0},
+             "ode:1e-5": {"seconds": 80.0, "nfe": 230, "fid": 4.5}}
+    e = equal_fid(latent, pixel)
+    # the pixel model's best is 4.0: the latent model's fastest setting at or under it is fast:10
+    assert e["fid"] == 4.0
+    assert e["model"] == {"run": "fast:10", "fid": 3.0, "nfe": 10, "seconds": 0.2}
+    assert e["baseline"] == {"run": "ode:1e-3", "fid": 4.0, "nfe": 62, "seconds": 20.0}
+    assert e["speedup"] == pytest.approx({"seconds": 100.0, "nfe": 6.2})
+    # the other way round the level is the latent model's best, and the ratio inverts accordingly
+    assert equal_fid(pixel, latent)["fid"] == 4.0 and equal_fid(pixel, latent)["speedup"]["seconds"] == 0.01
+    with pytest.raises(ValueError, match="at least one measured run"):
+        equal_fid({}, pixel)
 
 
 def test_a_model_against_itself_draws_the_same_images_at_the_same_cost(models):

@@ -145,6 +145,23 @@ def test_bf16_precision_and_periodic_test_evaluation(data_dir, tmp_path, device)
         Trainer(_config(train={"precision": "fp8"}), tmp_path / "bad", data_dir, device=device, show_progress=False)
 
 
+def test_a_pixel_run_logs_the_fid_of_its_samples(data_dir, tmp_path):
+    """train.eval_fid on a pixel model: the FID logged at each eval step is that of the saved model's
+    own seed-0 fast samples (EMA weights) against as many test images; no NELBO bound is logged."""
+    from lsgm_core.features import fid_against_test_set
+    from lsgm_core.solvers import sample
+
+    cfg = load_config(ROOT / "configs" / "pixel_smoke.toml",
+                      {"train": {"max_steps": 4, "eval_every": 2, "eval_fid": 24, "num_threads": 1}})
+    ckpt = Trainer(cfg, tmp_path, data_dir, device="cpu", show_progress=False).train()["checkpoint"]
+    evals = [r for r in _log(tmp_path) if "test_fid" in r]
+    assert [r["step"] for r in evals] == [2, 4] and all(r["fid_samples"] == 24 for r in evals)
+    assert not any("test_bound_nelbo" in r for r in _log(tmp_path))
+    images = sample(load_model(ckpt), 24, "fast", seed=0, batch_size=500).images
+    assert evals[-1]["test_fid"] == pytest.approx(fid_against_test_set(images, "binarized-mnist", data_dir, n=24),
+                                                  rel=1e-3)
+
+
 def test_resume_continues_the_loss_curve(data_dir, tmp_path):
     """20 steps in one go, against 10 steps stopped by SIGTERM and 10 more with the CLI's --resume
     into the same folder: every logged loss is identical (each step's randomness is seeded by

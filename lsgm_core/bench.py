@@ -230,18 +230,17 @@ def _fid_of_run(model, device: torch.device, options: dict, num: int, args) -> t
     return out, seconds, fid
 
 
-def _with_fid(runs_by_size: dict, fids: dict) -> dict:
-    return {num: {spec: {**r, "fid": fids[spec]} for spec, r in runs.items()} for num, runs in runs_by_size.items()}
+def _with_fid(side: dict) -> dict:
+    """A side's timed runs {num: {spec: run}} with each run's FID put beside its time."""
+    return {num: {spec: {**r, "fid": side["fid"][spec]} for spec, r in runs.items()} for num, runs in side["runs"].items()}
 
 
-def _plot(path: str, result: dict) -> None:
+def _plot(path: str, result: dict, measured: dict) -> None:
     from .fid_plot import write_fid_plot
 
-    roles = [r for r in ("model", "baseline") if r in result]
     panels = {f"{num} samples": {Path(result[role]["checkpoint"]).name:
                                  [(r["seconds"], r["fid"], spec) for spec, r in runs[num].items()]
-                                 for role, runs in ((role, _with_fid(result[role]["runs"], result[role]["fid"]))
-                                                    for role in roles)}
+                                 for role, runs in measured.items()}
               for num in result["model"]["runs"]}
     write_fid_plot(path, panels)
 
@@ -278,14 +277,14 @@ def bench_sampling(args) -> dict:
             num: {label: {k: round(v, 2) for k, v in speedup(m["seconds"], m["nfe"], b["seconds"], b["nfe"]).items()}
                   for label, m in runs.items() for b in [result["baseline"]["runs"][num][label]]}
             for num, runs in result["model"]["runs"].items()}
-        if args.fid:
-            model_runs, baseline_runs = (_with_fid(result[r]["runs"], result[r]["fid"]) for r in ("model", "baseline"))
-            result["equal_fid"] = {}
-            for num in model_runs:
-                e = equal_fid(model_runs[num], baseline_runs[num])
-                result["equal_fid"][num] = {**e, "speedup": {k: round(v, 2) for k, v in e["speedup"].items()}}
+    measured = {role: _with_fid(result[role]) for role in ("model", "baseline") if role in result} if args.fid else {}
+    if "baseline" in measured:
+        result["equal_fid"] = {}
+        for num, model_runs in measured["model"].items():
+            e = equal_fid(model_runs, measured["baseline"][num])
+            result["equal_fid"][num] = {**e, "speedup": {k: round(v, 2) for k, v in e["speedup"].items()}}
     if args.plot is not None:
-        _plot(args.plot, result)
+        _plot(args.plot, result, measured)
         result["plot"] = args.plot
     return result
 

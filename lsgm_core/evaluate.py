@@ -58,10 +58,10 @@ def sample_quality(model, data_dir, num: int, steps: int, seed: int, batch_size:
     denoising = check_denoise_t("fast", denoise_t, model, flag=lambda n: "--fid-denoise-t")
     images = sample(model, num, "fast", steps=steps, seed=seed, batch_size=batch_size, **denoising).images.cpu()
     used = {"fid_samples": num, "fid_denoise_t": denoising["denoise_t"]}
+    out = {**quality.sample_fids(model, images, data_dir, seed, batch_size), **used}
     if model.kind != "lsgm":
-        return {"fid": features.fid_against_test_set(images, dataset_name, data_dir, n=num, seed=seed), **used}
-    return {**quality.sample_fids(model, images, data_dir, seed, batch_size), **used,
-            **quality.class_balance(images, dataset_name, seed), **quality.copy_check(model, images, data_dir)}
+        return out
+    return {**out, **quality.class_balance(images, dataset_name, seed), **quality.copy_check(model, images, data_dir)}
 
 
 def main(argv=None) -> int:

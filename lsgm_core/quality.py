@@ -82,12 +82,13 @@ def fid_ratio(fid: float, posterior_fid: float) -> float:
 
 
 def sample_fids(model, images: torch.Tensor, data_dir=None, seed: int = 0, batch_size: int = 500) -> dict:
-    """The FID of `images` (the model's samples) against as many test images, with the posterior
-    floor at the same count and their ratio."""
+    """The FID of `images` (the model's samples) against as many test images and, for an LSGM, the
+    posterior floor at the same count and their ratio (a pixel model has no encoder, so no floor)."""
     num = len(images)
-    out = {"fid": features.fid_against_test_set(images, model.config["data"]["dataset"], data_dir, n=num, seed=seed),
-           **posterior_fids(model, num, data_dir, seed, batch_size)}
-    out["fid_ratio"] = fid_ratio(out["fid"], out["posterior_fid"])
+    out = {"fid": features.fid_against_test_set(images, model.config["data"]["dataset"], data_dir, n=num, seed=seed)}
+    if model.kind == "lsgm":
+        out.update(posterior_fids(model, num, data_dir, seed, batch_size))
+        out["fid_ratio"] = fid_ratio(out["fid"], out["posterior_fid"])
     return out
 
 

@@ -250,7 +250,6 @@ class Trainer(Run):
         denoising time) against N test images, with an LSGM's posterior floor and their ratio
         (lsgm_core.quality). A pixel model logs only the FID: its likelihood is an ODE integral,
         too dear to log in the loop (`python -m lsgm_core.evaluate` gives it)."""
-        from .features import fid_against_test_set
         from .quality import sample_fids
         from .solvers import sample
 
@@ -263,13 +262,9 @@ class Trainer(Run):
         if t["eval_fid"] and self.samples_from_prior:
             model.eval()
             images = sample(model, t["eval_fid"], "fast", seed=0, batch_size=500).images.cpu()
-            if model.kind == "lsgm":
-                fids = sample_fids(model, images, self.data_dir)
-                out.update(test_fid=round(fids.pop("fid"), 3), **{k: round(v, 3) for k, v in fids.items()})
-            else:
-                out["test_fid"] = round(fid_against_test_set(images, model.config["data"]["dataset"], self.data_dir,
-                                                             n=t["eval_fid"]), 3)
-            out["fid_samples"] = t["eval_fid"]
+            fids = sample_fids(model, images, self.data_dir)
+            out.update(test_fid=round(fids.pop("fid"), 3), **{k: round(v, 3) for k, v in fids.items()},
+                       fid_samples=t["eval_fid"])
         return out
 
 

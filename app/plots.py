@@ -1,6 +1,10 @@
 """Plotly figures of the app: latent paths, solver step sizes, the latent map, training curves."""
 from __future__ import annotations
 
+# plotly first imports narwhals.stable.v1 (and through it v2) when it builds its first figure, sklearn
+# imports narwhals.stable.v2 when the first map is fitted: two request threads doing both at once
+# deadlocked on Python's import locks, so it is imported once here, at start-up.
+import narwhals.stable.v1  # noqa: F401
 import numpy as np
 import plotly.graph_objects as go
 

@@ -15,10 +15,10 @@ batch) with the settings they depend on; the same command run again continues af
 finished batch, and its figures are those of one unbroken run (the skipped batches' binarisations
 and seeds are drawn again, in order). A file written with other settings is refused.
 --fid draws as many samples as images evaluated (or --fid-samples; fast solver) and compares them with as many test
-images in the feature space of the data set's shipped classifier (lsgm_core.features); for an
-LSGM it also gives the floor of that FID, the FID of decoded posterior samples of as many training
-images, and the ratio of the two, the classifier's histogram of the samples and their distances to
-the nearest training image against those of test images (lsgm_core.quality).
+images in the feature space of the data set's shipped classifier (lsgm_core.features), with the
+classifier's histogram of the samples and their distances to the nearest training image against those
+of test images; for an LSGM also the floor of that FID (the FID of decoded posterior samples of as
+many training images) and the ratio of the two (lsgm_core.quality).
 One JSON line to stdout; progress to stderr.
 """
 from __future__ import annotations
@@ -46,8 +46,9 @@ from .tensors import seeded_generator
 
 def sample_quality(model, data_dir, num: int, steps: int, seed: int, batch_size: int,
                    denoise_t: float | None = None) -> dict:
-    """FID of `num` fast-solver samples against `num` test images; for an LSGM also its posterior
-    floor, the ratio, the class histogram and the nearest-training-image distances."""
+    """FID of `num` fast-solver samples against `num` test images (for an LSGM also its posterior
+    floor and the ratio), the classifier's histogram of the samples and their nearest-training-image
+    distances."""
     from . import features, quality
 
     dataset_name = model.config["data"]["dataset"]
@@ -58,10 +59,8 @@ def sample_quality(model, data_dir, num: int, steps: int, seed: int, batch_size:
     denoising = check_denoise_t("fast", denoise_t, model, flag=lambda n: "--fid-denoise-t")
     images = sample(model, num, "fast", steps=steps, seed=seed, batch_size=batch_size, **denoising).images.cpu()
     used = {"fid_samples": num, "fid_denoise_t": denoising["denoise_t"]}
-    out = {**quality.sample_fids(model, images, data_dir, seed, batch_size), **used}
-    if model.kind != "lsgm":
-        return out
-    return {**out, **quality.class_balance(images, dataset_name, seed), **quality.copy_check(model, images, data_dir)}
+    return {**quality.sample_fids(model, images, data_dir, seed, batch_size), **used,
+            **quality.class_balance(images, dataset_name, seed), **quality.copy_check(model, images, data_dir)}
 
 
 def main(argv=None) -> int:

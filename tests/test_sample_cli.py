@@ -136,19 +136,25 @@ def test_evaluate_cli_bad_input(tiny_checkpoints, data_dir, tmp_path, capsys, ar
     assert err.startswith("error: ") and message in err
 
 
-def test_evaluate_fid(tiny_checkpoints, data_dir, capsys):
+@pytest.mark.parametrize("kind", ["lsgm", "pixel"])
+def test_evaluate_fid(kind, tiny_checkpoints, pixel_checkpoint, data_dir, capsys):
     from lsgm_core.features import DEFAULT_FEATURES_DIR
 
-    argv = ["--checkpoint", tiny_checkpoints["stage2"], "--data-dir", data_dir, "--limit", 8, "--batch-size", 8,
+    checkpoint = tiny_checkpoints["stage2"] if kind == "lsgm" else pixel_checkpoint
+    argv = ["--checkpoint", checkpoint, "--data-dir", data_dir, "--limit", 8, "--batch-size", 8,
             "--atol", 1e-3, "--rtol", 1e-3, "--fid", "--fid-steps", 4, "--fid-denoise-t", 0.2, "--device", "cpu",
             "--no-progress"]
     code, stdout, err = run_main(evaluate.main, argv, capsys)
     if (DEFAULT_FEATURES_DIR / "binarized-mnist.safetensors").is_file():
         out = json.loads(stdout)
         assert code == 0 and out["fid"] >= 0.0 and out["fid_samples"] == 8 and out["fid_denoise_t"] == 0.2
-        # the floor, the ratio, the class histogram and the copy check come with it
-        assert out["posterior_fid"] > 0 and out["fid_ratio"] == pytest.approx(out["fid"] / out["posterior_fid"])
+        # the class histogram and the copy check come with it; the floor and the ratio only for an
+        # LSGM (a pixel model has no encoder to reconstruct through)
         assert sum(out["class_counts"]) == 8 and "samples_closer_than_any_test_image" in out
+        if kind == "lsgm":
+            assert out["posterior_fid"] > 0 and out["fid_ratio"] == pytest.approx(out["fid"] / out["posterior_fid"])
+        else:
+            assert "posterior_fid" not in out and "fid_ratio" not in out
     else:
         assert code != 0 and "error: no feature classifier shipped for binarized-mnist" in err
 

@@ -11,16 +11,17 @@ Without --data-dir it runs on synthetic images written as IDX files to a tempora
 needs no download and the numbers do not depend on the data.
 
     python -m lsgm_core.bench sampling --checkpoint A [--baseline B] [--sizes 16 256]
-                                       [--runs ode:1e-5 fast:10 ...] [--repeats R] [--device D]
-                                       [--fid N [--plot FILE.svg]]
+                                       [--runs ode:1e-5 fast:10 ...] [--baseline-runs ...] [--repeats R]
+                                       [--device D] [--fid N [--plot FILE.svg]]
 
 `sampling` times lsgm_core.solvers.sample (network, solver and decoding; seed 0) for each number of
 samples and solver setting (default: the adaptive ODE at atol = rtol = 1e-5 and 1e-3, the reverse
 SDE with 1000 steps, the fast solver with 20 and 10), after an untimed warm-up call of each setting,
 keeping the best (`seconds`) and the median (`median_seconds`) of --repeats timings; images are
 decoded as the solver does it (`distilled` through the student's own decoder where it has one);
-with --baseline (the pixel-space model) the same runs are timed for it
-and `speedup` gives baseline / model, in wall time and in NFE, run by run. With --fid N each
+with --baseline (the pixel-space model) the same runs are timed for it (or --baseline-runs: a pixel
+model has no distilled student, and its best FID may need more steps than the model's)
+and `speedup` gives baseline / model, in wall time and in NFE, for each run both took. With --fid N each
 setting's FID of N samples (as `quality` measures it) comes beside its time, `equal_fid` gives, for
 each number of samples, the fastest setting of each model that reaches the worse of the two best
 FIDs and the speed-up there (lsgm_core.comparison.equal_fid), and --plot draws FID against time, a
@@ -65,7 +66,7 @@ from .data import dataset_spec
 from .datasets import SPLITS
 from .device import pick_device
 from .sample import add_denoise_arg
-from .solvers import check_denoise_t, parse_setting, sample, setting_forms
+from .solvers import check_denoise_t, check_model_for, parse_setting, sample, setting_forms
 from .tensors import seeded_generator
 from .train import Trainer
 
@@ -176,6 +177,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 256], help="numbers of samples (default 16 256)")
     p.add_argument("--runs", nargs="+", default=["ode:1e-5", "ode:1e-3", "sde:1000", "fast:20", "fast:10"],
                    help=f"solver settings: {setting_forms()} (default: %(default)s)")
+    p.add_argument("--baseline-runs", nargs="+", metavar="SETTING",
+                   help="the baseline's solver settings, if not those of --runs")
     p.add_argument("--repeats", type=int, default=1,
                    help="time each run this many times and keep the best and the median (default 1)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -249,6 +252,9 @@ def bench_sampling(args) -> dict:
     """NFE and wall time of every sampler for 16 and 256 samples, and the speed-up over a baseline;
     with --fid, each setting's FID and the two models at equal FID."""
     runs = {spec: parse_setting(spec) for spec in args.runs}
+    baseline_runs = {spec: parse_setting(spec) for spec in args.baseline_runs} if args.baseline_runs else runs
+    if args.baseline_runs and args.baseline is None:
+        raise ValueError("--baseline-runs needs --baseline")
     if min(args.sizes) < 1 or args.repeats < 1:
         raise ValueError("--sizes and --repeats must be positive")
     if args.fid < 0 or args.fid == 1 or args.batch_size < 1:
@@ -258,25 +264,28 @@ def bench_sampling(args) -> dict:
     device = pick_device(args.device)
     result = {"bench": "sampling", "device": str(device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "repeats": args.repeats}
-    for role, path in (("model", args.checkpoint), ("baseline", args.baseline)):
-        if path is None:
-            continue
-        model = load_model(path, device)
+    sides = [(role, load_model(path, device), settings) for role, path, settings in
+             (("model", args.checkpoint, runs), ("baseline", args.baseline, baseline_runs)) if path is not None]
+    for _, model, settings in sides:  # before any timing: a refusal should not come after minutes of work
+        for options in settings.values():
+            check_model_for(model, options["solver"])
+    for role, model, settings in sides:
         result[role] = {"checkpoint": model.meta["path"], "kind": model.kind, "shape": list(model.latent_shape),
                         "params_prior": sum(p.numel() for p in model.prior.parameters()),
-                        "runs": _time_sampling(model, device, runs, args, role)}
+                        "runs": _time_sampling(model, device, settings, args, role)}
         if args.fid:
             result[role]["fid_samples"] = args.fid
             result[role]["fid"] = {}
-            for spec, options in _with_denoising(model, runs, args.denoise_t).items():
+            for spec, options in _with_denoising(model, settings, args.denoise_t).items():
                 result[role]["fid"][spec] = round(_fid_of_run(model, device, options, args.fid, args)[2], 3)
                 print(json.dumps({role: {"fid": {spec: result[role]["fid"][spec]}}}), file=sys.stderr, flush=True)
     if args.baseline is not None:
         # how many times faster the model is than the baseline (> 1: the model is faster)
         result["speedup"] = {
             num: {label: {k: round(v, 2) for k, v in speedup(m["seconds"], m["nfe"], b["seconds"], b["nfe"]).items()}
-                  for label, m in runs.items() for b in [result["baseline"]["runs"][num][label]]}
-            for num, runs in result["model"]["runs"].items()}
+                  for label, m in timed.items() if label in result["baseline"]["runs"][num]
+                  for b in [result["baseline"]["runs"][num][label]]}
+            for num, timed in result["model"]["runs"].items()}
     measured = {role: _with_fid(result[role]) for role in ("model", "baseline") if role in result} if args.fid else {}
     if "baseline" in measured:
         result["equal_fid"] = {}

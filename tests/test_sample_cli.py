@@ -186,25 +186,29 @@ def test_bench_sampling(tiny_checkpoints, pixel_checkpoint, capsys):
 def test_bench_sampling_with_fid_gives_the_models_at_equal_fid_and_the_plot(tiny_checkpoints, pixel_checkpoint,
                                                                              data_dir, tmp_path, capsys):
     """--fid N: each setting's FID equals `bench quality`'s at the same N and seed; equal_fid is
-    comparison.equal_fid of the measured runs; --plot writes an SVG with a point per setting."""
+    comparison.equal_fid of the measured runs; --plot writes an SVG with a point per setting;
+    --baseline-runs gives the baseline its own settings (speedup: the settings both took)."""
     import xml.etree.ElementTree as ET
 
     from lsgm_core import bench
     from lsgm_core.comparison import equal_fid
 
     plot = tmp_path / "fid.svg"
-    common = ["--runs", "fast:2", "fast:4", "--device", "cpu", "--batch-size", 6]
+    common = ["--device", "cpu", "--batch-size", 6]
+    settings = {"model": ["fast:2", "fast:4"], "baseline": ["fast:3", "fast:4"]}
     code, stdout, err = run_main(bench.main, ["sampling", "--checkpoint", tiny_checkpoints["stage2"], "--baseline",
                                               pixel_checkpoint, "--sizes", 2, 3, "--fid", 12, "--plot", plot,
-                                              "--data-dir", data_dir, *common], capsys)
+                                              "--data-dir", data_dir, "--runs", *settings["model"],
+                                              "--baseline-runs", *settings["baseline"], *common], capsys)
     assert code == 0, err
     info = json.loads(stdout)
     for role, path in (("model", tiny_checkpoints["stage2"]), ("baseline", pixel_checkpoint)):
-        assert info[role]["fid_samples"] == 12 and set(info[role]["fid"]) == {"fast:2", "fast:4"}
+        assert info[role]["fid_samples"] == 12 and set(info[role]["fid"]) == set(settings[role])
         code, out, _ = run_main(bench.main, ["quality", "--checkpoint", path, "--num", 12, "--data-dir", data_dir,
-                                             *common], capsys)
+                                             "--runs", *settings[role], *common], capsys)
         quality = json.loads(out)["runs"]
         assert info[role]["fid"] == {spec: r["fid"] for spec, r in quality.items()}
+    assert {num: set(s) for num, s in info["speedup"].items()} == {"2": {"fast:4"}, "3": {"fast:4"}}
     assert set(info["equal_fid"]) == {"2", "3"}
     for num, e in info["equal_fid"].items():
         runs = [{spec: {**r, "fid": info[role]["fid"][spec]} for spec, r in info[role]["runs"][num].items()}
@@ -214,6 +218,8 @@ def test_bench_sampling_with_fid_gives_the_models_at_equal_fid_and_the_plot(tiny
     root = ET.parse(plot).getroot()
     assert info["plot"] == str(plot) and len(root.findall("{http://www.w3.org/2000/svg}polyline")) == 4
     assert len(list(root.iter("{http://www.w3.org/2000/svg}circle"))) == 8  # 2 sizes x 2 models x 2 settings
-    for bad in (["--plot", tmp_path / "p.svg"], ["--fid", 12, "--plot", tmp_path / "p.png"], ["--fid", 1]):
+    for bad, message in ((["--plot", tmp_path / "p.svg"], "--plot"), (["--fid", 12, "--plot", tmp_path / "p.png"], "--plot"),
+                         (["--fid", 1], "--fid"), (["--baseline-runs", "fast:2"], "--baseline-runs needs --baseline"),
+                         (["--baseline", pixel_checkpoint, "--baseline-runs", "distilled:1"], "no distilled student")):
         code, stdout, err = run_main(bench.main, ["sampling", "--checkpoint", tiny_checkpoints["stage2"], *bad], capsys)
-        assert code == 2 and stdout == "" and err.startswith("error: ") and ("--plot" in err or "--fid" in err)
+        assert code == 2 and stdout == "" and err.startswith("error: ") and message in err, err

@@ -19,7 +19,7 @@ from ..solver_controls import DEFAULT_SOLVER, describe_args, progress_callback, 
 MAX_SAMPLES = 64
 LATENT_KIND, BASELINE_KIND = "lsgm", "pixel"  # lsgm_core.model.MODELS
 NO_BASELINE = ("No pixel-space model to compare with: put one (a checkpoint of kind pixel, trained from "
-               "configs/bmnist_pixel.toml by python -m lsgm_core.train) in checkpoints/, then reload the page.")
+               "configs/bmnist_pixel_vp.toml by python -m lsgm_core.train) in checkpoints/, then reload the page.")
 
 
 def dataset_of(entry) -> str | None:

@@ -30,8 +30,10 @@ panel per number of samples, a line per model, a point per setting (lsgm_core.fi
     python -m lsgm_core.bench quality --checkpoint A [--runs ode:1e-5 fast:10 sde:1000 ...] [--num 10000]
 
 `quality` draws --num samples (seed 0) with each solver setting and gives its FID against as many
-test images (lsgm_core.features), its NFE per solve and wall time: what each solver's cost buys.
-For an LSGM it also gives the floor of those FIDs, the FID of decoded posterior samples of as many
+test images (lsgm_core.features), its NFE per solve and wall time: what each solver's cost buys;
+`classes` says how evenly the data set's shipped classifier spreads the samples over the classes
+(`max_over_min` of its histogram, 1 when balanced, and `tv_to_uniform`; `sampling --fid` gives the
+same for each setting). For an LSGM it also gives the floor of those FIDs, the FID of decoded posterior samples of as many
 training images (lsgm_core.quality), and each run's `fid_ratio` to it.
 
 The app's own benchmark (cold start, a Sample click, a latent map) lives with the app:
@@ -225,12 +227,16 @@ def _time_sampling(model, device: torch.device, runs: dict[str, dict], args, rol
 
 
 def _fid_of_run(model, device: torch.device, options: dict, num: int, args) -> tuple:
-    """`num` samples of one solver setting (in solves of --batch-size), their wall time and FID."""
+    """`num` samples of one solver setting (in solves of --batch-size), their wall time, FID and how
+    evenly the shipped classifier spreads them over the classes (quality.class_balance)."""
     from .features import fid_against_test_set
+    from .quality import class_balance
 
     out, seconds = _timed_sample(model, device, num, options, seed=args.seed, batch_size=args.batch_size)
-    fid = fid_against_test_set(out.images.cpu(), model.config["data"]["dataset"], args.data_dir, n=num, seed=args.seed)
-    return out, seconds, fid
+    images, dataset = out.images.cpu(), model.config["data"]["dataset"]
+    fid = fid_against_test_set(images, dataset, args.data_dir, n=num, seed=args.seed)
+    balance = class_balance(images, dataset, args.seed)
+    return out, seconds, fid, {k: round(balance[k], 3) for k in ("max_over_min", "tv_to_uniform")}
 
 
 def _with_fid(side: dict) -> dict:
@@ -275,10 +281,12 @@ def bench_sampling(args) -> dict:
                         "runs": _time_sampling(model, device, settings, args, role)}
         if args.fid:
             result[role]["fid_samples"] = args.fid
-            result[role]["fid"] = {}
+            result[role]["fid"], result[role]["classes"] = {}, {}
             for spec, options in _with_denoising(model, settings, args.denoise_t).items():
-                result[role]["fid"][spec] = round(_fid_of_run(model, device, options, args.fid, args)[2], 3)
-                print(json.dumps({role: {"fid": {spec: result[role]["fid"][spec]}}}), file=sys.stderr, flush=True)
+                _, _, fid, balance = _fid_of_run(model, device, options, args.fid, args)
+                result[role]["fid"][spec], result[role]["classes"][spec] = round(fid, 3), balance
+                print(json.dumps({role: {"fid": {spec: result[role]["fid"][spec]}, "classes": {spec: balance}}}),
+                      file=sys.stderr, flush=True)
     if args.baseline is not None:
         # how many times faster the model is than the baseline (> 1: the model is faster)
         result["speedup"] = {
@@ -335,9 +343,9 @@ def bench_quality(args) -> dict:
                        posterior_fids(model, args.num, args.data_dir, args.seed, args.batch_size).items()})
         print(json.dumps({"posterior_fid": result["posterior_fid"]}), file=sys.stderr, flush=True)
     for spec, options in _with_denoising(model, runs, args.denoise_t).items():
-        out, seconds, fid = _fid_of_run(model, device, options, args.num, args)
+        out, seconds, fid, balance = _fid_of_run(model, device, options, args.num, args)
         result["runs"][spec] = {"nfe_per_batch": out.nfe / -(-args.num // args.batch_size), **_denoise_field(options),
-                                "seconds": round(seconds, 3), "fid": round(fid, 3)}
+                                "seconds": round(seconds, 3), "fid": round(fid, 3), "classes": balance}
         if "posterior_fid" in result:
             result["runs"][spec]["fid_ratio"] = round(fid_ratio(fid, result["posterior_fid"]), 3)
         print(json.dumps({spec: result["runs"][spec]}), file=sys.stderr, flush=True)

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from lsgm_core import bench
+from lsgm_core import bench, load_model
+from lsgm_core.quality import class_balance
+from lsgm_core.solvers import sample
 
 SMOKE = Path(__file__).parents[1] / "configs" / "smoke.toml"
 
@@ -65,6 +67,10 @@ def test_quality_bench_gives_fid_nfe_and_time_per_solver(capsys, tiny_checkpoint
     assert all(r["fid_ratio"] == pytest.approx(r["fid"] / result["posterior_fid"], rel=1e-2)
                for r in result["runs"].values())
     assert '{"fast:3"' in err  # each setting is reported on stderr as it finishes
+    # the class balance is the shipped classifier's histogram of those very samples
+    images = sample(load_model(tiny_checkpoints["stage2"]), 12, "fast", steps=3, seed=0, batch_size=6).images
+    expected = class_balance(images, "binarized-mnist", 0)
+    assert result["runs"]["fast:3"]["classes"] == {k: round(expected[k], 3) for k in ("max_over_min", "tv_to_uniform")}
     assert result["runs"]["fast:3"]["denoise_t"] == 0.0  # the tiny model sets no denoising time
     rc, result, _ = _run(capsys, "quality", "--checkpoint", str(tiny_checkpoints["stage2"]), "--num", "12",
                          "--batch-size", "6", "--runs", "fast:3", "--denoise-t", "0.2", "--device", "cpu",

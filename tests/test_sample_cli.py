@@ -208,6 +208,7 @@ def test_bench_sampling_with_fid_gives_the_models_at_equal_fid_and_the_plot(tiny
                                              "--runs", *settings[role], *common], capsys)
         quality = json.loads(out)["runs"]
         assert info[role]["fid"] == {spec: r["fid"] for spec, r in quality.items()}
+        assert info[role]["classes"] == {spec: r["classes"] for spec, r in quality.items()}
     assert {num: set(s) for num, s in info["speedup"].items()} == {"2": {"fast:4"}, "3": {"fast:4"}}
     assert set(info["equal_fid"]) == {"2", "3"}
     for num, e in info["equal_fid"].items():

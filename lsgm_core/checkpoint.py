@@ -43,6 +43,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_digest(model, skip: str = "student.") -> str:
+    """SHA-256 of the model's weights (names, dtypes, shapes and values, in name order) but those
+    under `skip`: what a figure of the model itself depends on, which a new distilled student leaves
+    as it was (an evaluation's --resume record stays valid for the checkpoint with that student)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not name.startswith(skip):
+            h.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, config: dict, tensors: dict[str, dict[str, torch.Tensor]],
                     meta: dict | None = None) -> Path:
     """Write a checkpoint folder atomically: built beside `path`, then renamed into place.

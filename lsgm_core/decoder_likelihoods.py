@@ -21,6 +21,11 @@ class Bernoulli:
     def sample(self, params: torch.Tensor, generator=None) -> torch.Tensor:
         return torch.bernoulli(torch.sigmoid(params), generator=generator)
 
+    def cross_entropy(self, params: torch.Tensor, target: torch.Tensor, generator=None) -> torch.Tensor:
+        """Per-element E_{x ~ p(.|target)}[-log p(x | params)], exact: the KL from the target's
+        distribution to this one up to the target's entropy."""
+        return -self.log_prob(params, self.mean(target))
+
 
 class DiscretizedLogistic:
     """256-bin logistic per channel on x in [0, 1] (pixel values k/255), as in PixelCNN++."""
@@ -50,6 +55,10 @@ class DiscretizedLogistic:
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return (self._split(params)[0] + 1.0) / 2.0
+
+    def cross_entropy(self, params: torch.Tensor, target: torch.Tensor, generator=None) -> torch.Tensor:
+        """Per-element E_{x ~ p(.|target)}[-log p(x | params)], estimated from one draw of x."""
+        return -self.log_prob(params, self.sample(target.detach(), generator))
 
     def sample(self, params: torch.Tensor, generator=None) -> torch.Tensor:
         mean, log_scale = self._split(params)

@@ -3,23 +3,31 @@
     python -m lsgm_core.distill --checkpoint C --out D [--pairs 20000] [--teacher-steps 40]
                                 [--train-steps 3000] [--batch-size 256] [--channels N] [--lr 2e-4] [--seed 0]
                                 [--decoder-channels 32,64 [--decoder-res-blocks 1] [--decoder-steps N]
-                                 [--decoder-lr 1e-3] [--decoder-own F] [--decoder-posterior N --data-dir DATA]]
-                                [--own-path F] [--adversarial W] [--pairs-cache FILE] [--student-from S]
+                                 [--decoder-lr 1e-3] [--decoder-loss mse|cross-entropy] [--decoder-own F]
+                                 [--decoder-posterior N --data-dir DATA]]
+                                [--own-path F] [--adversarial W] [--segments] [--pairs-cache FILE]
+                                [--student-from S]
 
-1. Teacher pairs: --pairs draws z1 ~ N(0, I) (seeded) and the ODE's end point z0 of each, by the
-   fast solver with --teacher-steps steps at the model's own alpha.
-2. Regression (lsgm_core.student): at the times of the 4-step log-SNR grid, which holds those of 1
-   and 2 steps, the student sees z_t = m_t z0 + sigma_t eps with eps = (z1 - m_1 z0) / sigma_1:
+1. Teacher paths: --pairs draws z1 ~ N(0, I) (seeded) and the teacher's path from each, by the
+   fast solver with --teacher-steps steps at the model's own alpha and denoising time: its states
+   at the times of the student's 4-step grid, z1 first and the end point z0 last
+   (solvers.fast_states).
+2. Regression (lsgm_core.student): at the times of its 4-step grid (solvers.student_grid: the fast
+   solver's, made at the teacher's denoising time), which holds those of 1 and 2 steps, the student sees z_t = m_t z0 + sigma_t eps with eps = (z1 - m_1 z0) / sigma_1:
    the points its own deterministic moves visit when it is exact. It learns z0 by mean squared
    error over the active channels, starting from the teacher's U-Net (output layer zeroed). With
    --own-path F a fraction F of the batches instead sees points of the student's own 2- and 4-step
    paths (its moves made by itself), so that the later steps learn to correct the earlier ones.
+   With --segments the student also takes the time its step goes to, and learns each step of its
+   1-, 2- and 4-step grids from the teacher's state at the step's start to the teacher's state at
+   its end (lsgm_core.student.segment_target): its multi-step samples follow the teacher's path.
    With --adversarial W the loss adds W times an adversarial term on the 1-step output: a small
    critic on the active channels learns to tell the student's z0 from the teacher's, the student to
    fool it (regression alone narrows the samples towards what z1 predicts).
    With --decoder-channels the student gets a decoder of its own, the VAE decoder's architecture at
    those widths, trained to give the model's mean images from the teacher's z0 (mean squared error
-   over the pixels): 1-step samples then skip the full decoder, most of their cost. With
+   over the pixels; --decoder-loss cross-entropy: the cross-entropy to the model's likelihood
+   instead): 1-step samples then skip the full decoder, most of their cost. With
    --decoder-posterior N it also learns from one posterior sample z0 ~ q(z0|x) of each of N random
    training images: the student's z0 miss the teacher's, and a decoder that has seen more of the
    latent space than the teacher's samples gives the model's images there too. With
@@ -63,42 +71,64 @@ from .device import pick_device
 from .ema import EMA
 from .nets import Decoder
 from .quality import posterior_samples
-from .solvers import ODE_EPS, sample, time_grid
-from .student import STEPS, Student, move
+from .solvers import ODE_EPS, ProbabilityFlow, denoise_time, fast_states, sample, student_grid
+from .student import STEPS, Student, move, segment_target
 from .tensors import per_channel, per_sample, seeded_generator
 
 HELD_OUT = 1000  # pairs kept for the student's error, not trained on
 
 
-def teacher_pairs(model, num: int, steps: int, seed: int = 0, batch_size: int = 1000,
-                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z1, z0): num seeded draws of N(0, I) and the fast solver's end points from them."""
+def path_times(sde, denoise_t: float = 0.0) -> list[float]:
+    """The times of a student's grids (solvers.student_grid) for 1, 2 and 4 steps, 1 to ODE_EPS:
+    those of the largest, which hold the others'."""
+    return student_grid(sde, max(STEPS), denoise_t)
+
+
+def segments(steps: int, sde, denoise_t: float = 0.0) -> list[tuple[int, int]]:
+    """The steps of the `steps`-step grid as (from, to) indices into path_times."""
+    times = path_times(sde, denoise_t)
+    grid = [min(range(len(times)), key=lambda i: abs(times[i] - t)) for t in student_grid(sde, steps, denoise_t)]
+    return list(zip(grid, grid[1:]))
+
+
+def teacher_paths(model, num: int, steps: int, seed: int = 0, batch_size: int = 1000, progress: bool = False,
+                  grid_denoise_t: float = 0.0) -> torch.Tensor:
+    """num seeded draws z1 ~ N(0, I) and the teacher's path from each: its states at the times of a
+    student's grids made at `grid_denoise_t` (path_times; z1 first, z0 last),
+    [num, len(path_times), ...], by the fast solver with `steps` network evaluations at the model's
+    own alpha and denoising time (solvers.fast_states)."""
     z1 = torch.randn((num,) + tuple(model.prior.shape), generator=seeded_generator(seed))
-    batches = -(-num // batch_size)
-    with tqdm(total=batches * steps, desc="teacher ODE", unit="nfe", file=sys.stderr, disable=not progress,
-              dynamic_ncols=True) as bar:
-        out = sample(model, num, "fast", steps=steps, z1=z1, batch_size=batch_size,
-                     callback=lambda _: bar.update(1), decode=False)
-    return z1, out.z0.cpu()
+    device = next(model.prior.parameters()).device
+    times = path_times(model.prior.sde, grid_denoise_t)
+    chunks = z1.split(batch_size)
+    out = []
+    with tqdm(total=len(chunks) * steps, desc="teacher ODE", unit="nfe", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar, torch.no_grad():
+        for chunk in chunks:
+            field = ProbabilityFlow(model.prior, None, lambda t, n: bar.update(1))
+            out.append(fast_states(field, chunk.to(device), times, steps=steps, t_end=ODE_EPS,
+                                   denoise_t=denoise_time(model)).transpose(0, 1).cpu())
+    return torch.cat(out)
 
 
-def cached_pairs(model, path: str | Path, num: int, steps: int, seed: int = 0,
-                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """teacher_pairs, kept in the safetensors file `path` under a key of what they depend on; the
-    third value says whether they came from the file."""
+def cached_paths(model, path: str | Path, num: int, steps: int, seed: int = 0, progress: bool = False,
+                 grid_denoise_t: float = 0.0) -> tuple[torch.Tensor, bool]:
+    """teacher_paths, kept in the safetensors file `path` under a key of what they depend on; the
+    second value says whether they came from the file."""
     key = {"weights": str(model.meta.get("files", {}).get("model.safetensors")), "pairs": str(num),
-           "teacher_steps": str(steps), "seed": str(seed)}
+           "teacher_steps": str(steps), "seed": str(seed),
+           "times": str(path_times(model.prior.sde, grid_denoise_t))}
     path = Path(path)
     if path.exists():
         try:
             with safe_open(str(path), "pt") as f:
                 if f.metadata() == key:
-                    return f.get_tensor("z1"), f.get_tensor("z0"), True
+                    return f.get_tensor("paths"), True
         except (SafetensorError, OSError, KeyError):
-            pass  # damaged or foreign: computed again and replaced
-    z1, z0 = teacher_pairs(model, num, steps, seed, progress=progress)
-    atomic.atomic_write(path, lambda f: save_file({"z1": z1.contiguous(), "z0": z0.contiguous()}, str(f), metadata=key))
-    return z1, z0, False
+            pass  # damaged, foreign or of an older kind: computed again and replaced
+    paths = teacher_paths(model, num, steps, seed, progress=progress, grid_denoise_t=grid_denoise_t)
+    atomic.atomic_write(path, lambda f: save_file({"paths": paths.contiguous()}, str(f), metadata=key))
+    return paths, False
 
 
 def regression_inputs(student: Student, z1: torch.Tensor, z0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -114,16 +144,17 @@ def _active(model) -> torch.Tensor:
     return model.prior.active.bool().cpu() if model.prior.mixed else torch.ones(model.prior.shape[0], dtype=torch.bool)
 
 
-def make_student(model, z0: torch.Tensor, channels: int | None = None) -> Student:
+def make_student(model, z0: torch.Tensor, channels: int | None = None, with_segments: bool = False) -> Student:
     """A student on the prior's device with the prior's U-Net (`channels` wide, default the prior's
-    width); at the prior's width it starts from the prior's weights with the output layer zeroed.
-    d is the spread of the teacher's z0 over the active channels."""
+    width; with segments, its target time added); at the prior's width it starts from the prior's
+    weights with the output layer zeroed. d is the spread of the teacher's z0 over the active channels."""
     cfg = model.config["model"]["prior"]
     net = {**cfg["net"], "channels": channels or cfg["net"]["channels"]}
     active = _active(model)
-    student = Student(model.prior.shape, cfg["sde"], net, z0[:, active].std().item())
+    student = Student(model.prior.shape, cfg["sde"], {**net, "target_time": True} if with_segments else net,
+                      z0[:, active].std().item(), denoise_t=denoise_time(model))
     if net == cfg["net"]:
-        student.net.load_state_dict(model.prior.net.state_dict())
+        _load_all_but_target_time(student.net, model.prior.net.state_dict())
         torch.nn.init.zeros_(student.net.conv_out.weight)
         torch.nn.init.zeros_(student.net.conv_out.bias)
     student.active.copy_(active.float())
@@ -147,8 +178,31 @@ def student_from(model, path) -> tuple[Student, dict]:
     return copy.deepcopy(source.student), copy.deepcopy(student)
 
 
-def student_error(model, z1: torch.Tensor, z0: torch.Tensor) -> dict[str, float]:
-    """RMS of (student's z0 - teacher's z0) over the active dimensions, over z0's spread there, per step count."""
+def add_segments(student: Student, config: dict, denoise_t: float) -> tuple[Student, dict]:
+    """`student` with the target time added to its U-Net (zero at first: on the same grid it gives
+    what `student` gave) and its grids made at `denoise_t` (solvers.student_grid), and its config
+    entry so."""
+    config = {**config, "net": {**config["net"], "target_time": True}}
+    config.pop("denoise_t", None)
+    if denoise_t:
+        config["denoise_t"] = denoise_t
+    other = Student(student.shape, config["sde"], config["net"], student.sigma_data.item(), student.steps,
+                    config.get("decoder"), denoise_t).to(student.sigma_data.device)
+    _load_all_but_target_time(other, student.state_dict())
+    return other, config
+
+
+def _load_all_but_target_time(module: nn.Module, state: dict) -> None:
+    """load_state_dict that leaves a U-Net's target-time embedding as it is where `state` has none."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if unexpected or any("target_temb" not in k for k in missing):
+        raise RuntimeError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
+
+
+def student_error(model, paths: torch.Tensor) -> dict[str, float]:
+    """RMS of (student's z0 - teacher's z0) over the active dimensions, over z0's spread there, per
+    step count, from the paths' z1."""
+    z1, z0 = paths[:, 0], paths[:, -1]
     active = model.student.active.bool()
     spread = z0[:, active].std().item()
     out = {}
@@ -184,12 +238,12 @@ def own_path_inputs(student: Student, z1: torch.Tensor, gen: torch.Generator) ->
     (no gradient). Where the student is exact these are the points regression_inputs gives."""
     counts = [k for k in student.steps if k > 1]
     k = counts[torch.randint(len(counts), (1,), generator=gen).item()]
-    grid = time_grid(student.sde, k, ODE_EPS)[0].tolist()
+    grid = student_grid(student.sde, k, student.denoise_t)
     j = 1 + torch.randint(k - 1, (1,), generator=gen).item()
     z = z1
     with torch.no_grad():
         for i in range(j):
-            _, z = move(student.sde, z, student(z, grid[i]), grid[i], grid[i + 1])
+            _, z = move(student.sde, z, student(z, grid[i], grid[i + 1]), grid[i], grid[i + 1])
     return z, torch.full((len(z1),), grid[j], dtype=z1.dtype, device=z1.device)
 
 
@@ -213,7 +267,7 @@ def adversarial_term(student: Student, critic: LatentCritic, critic_opt, z1: tor
                      active: torch.Tensor) -> torch.Tensor:
     """One step of the critic (logistic loss: the teacher's z0 against the student's 1-step z0 from
     the same z1), then the student's non-saturating loss under the updated critic."""
-    fake, real = student(z1, 1.0)[:, active], z0[:, active]
+    fake, real = student(z1, 1.0, ODE_EPS)[:, active], z0[:, active]
     critic_loss = F.softplus(-critic(real)).mean() + F.softplus(critic(fake.detach())).mean()
     critic_opt.zero_grad(set_to_none=True)
     critic_loss.backward()
@@ -221,18 +275,29 @@ def adversarial_term(student: Student, critic: LatentCritic, critic_opt, z1: tor
     return F.softplus(-critic(fake)).mean()
 
 
-def distill(student: Student, pairs: tuple[torch.Tensor, torch.Tensor], train_steps: int, batch_size: int = 256,
+def distill(student: Student, paths: torch.Tensor, train_steps: int, batch_size: int = 256,
             lr: float = 2e-4, ema: float = 0.999, seed: int = 0, own_path: float = 0.0, adversarial: float = 0.0,
             progress: bool = False) -> Student:
-    """Train `student` on (z1, z0) pairs, on its device; returns it with its EMA weights, in eval mode.
-    A fraction `own_path` of the batches sees points of its own multi-step paths (own_path_inputs)
-    instead of the exact ones, so that later steps learn to correct the earlier steps' errors.
-    With `adversarial` > 0 the loss adds that weight times an adversarial term on the 1-step
-    output (adversarial_term): regression alone pulls the output towards what is predictable from
-    z1 and narrows the samples; a critic that tells them from the teacher's keeps their spread."""
-    z1, z0 = pairs
+    """Train `student` on teacher paths [N, len(path_times), ...] (teacher_paths), on its device;
+    returns it with its EMA weights, in eval mode.
+
+    A student without segments learns z0 (the path's end) from the points regression_inputs puts
+    on the line from z1 to z0; a fraction `own_path` of the batches sees points of its own
+    multi-step paths (own_path_inputs) instead, so that later steps learn to correct the earlier
+    steps' errors. A student with segments learns each step of its grids from the teacher's state
+    at the step's start to the one at its end (segment_target), a step count drawn uniformly, then
+    one of its steps. With `adversarial` > 0 the loss adds that weight times an adversarial term on
+    the 1-step output (adversarial_term): regression alone pulls the output towards what is
+    predictable from z1 and narrows the samples; a critic that tells them from the teacher's keeps
+    their spread."""
+    if student.segments and own_path:
+        raise ValueError("--own-path is for a student without segments: a student with segments learns from the "
+                         "teacher's own states along its path; leave one of the two out")
+    z1, z0 = paths[:, 0], paths[:, -1]
     device = next(student.parameters()).device
-    times = time_grid(student.sde, max(STEPS), ODE_EPS)[0][:-1].float()  # 1 and the 4-step grid's inner times
+    grid = torch.tensor(path_times(student.sde, student.denoise_t), dtype=torch.float32)
+    times = grid[:-1]  # 1 and the 4-step grid's inner times
+    steps = [segments(k, student.sde, student.denoise_t) for k in STEPS]
     active = student.active > 0
     mask = per_channel(active.float(), z0)
     dims = mask.sum() * z0[0, 0].numel()
@@ -241,15 +306,28 @@ def distill(student: Student, pairs: tuple[torch.Tensor, torch.Tensor], train_st
         critic = LatentCritic(int(active.sum()), z0.shape[-1]).to(device)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.999))
 
+    def segment_batch(idx, gen):
+        counts = torch.randint(len(steps), (len(idx),), generator=gen).tolist()
+        pick = [steps[c][torch.randint(len(steps[c]), (1,), generator=gen).item()] for c in counts]
+        i, j = (torch.tensor(v) for v in zip(*pick))
+        zt, zs = paths[idx, i].to(device), paths[idx, j].to(device)
+        t, s = grid[i].to(device), grid[j].to(device)
+        want = torch.where(per_sample(j == len(grid) - 1, zs).to(device), zs, segment_target(student.sde, zt, t, zs, s))
+        return student(zt, t, s), want
+
     def batch_loss(gen):
         idx = torch.randint(len(z1), (batch_size,), generator=gen)
         a, b = z1[idx].to(device), z0[idx].to(device)
-        if own_path and torch.rand((), generator=gen).item() < own_path:
-            zt, t = own_path_inputs(student, a, gen)
+        if student.segments:
+            got, want = segment_batch(idx, gen)
         else:
-            t = times[torch.randint(len(times), (batch_size,), generator=gen)].to(device)
-            zt = regression_inputs(student, a, b, t)
-        loss = ((student(zt, t) - b).pow(2) * mask).sum() / (batch_size * dims)
+            if own_path and torch.rand((), generator=gen).item() < own_path:
+                zt, t = own_path_inputs(student, a, gen)
+            else:
+                t = times[torch.randint(len(times), (batch_size,), generator=gen)].to(device)
+                zt = regression_inputs(student, a, b, t)
+            got, want = student(zt, t), b
+        loss = ((got - want).pow(2) * mask).sum() / (batch_size * dims)
         if adversarial:
             loss = loss + adversarial * adversarial_term(student, critic, critic_opt, a, b, active)
         return loss
@@ -257,9 +335,24 @@ def distill(student: Student, pairs: tuple[torch.Tensor, torch.Tensor], train_st
     return _fit(student, batch_loss, train_steps, lr, ema, seed, "distilling", progress)
 
 
-def _mean_images(model, decoder: torch.nn.Module, z0: torch.Tensor) -> torch.Tensor:
-    """The likelihood's mean under `decoder`, cropped to the data's size (unclamped: gradients at 0 and 1)."""
-    return model._crop(model.likelihood.mean(decoder(z0)))
+def _params(model, decoder: torch.nn.Module, z0: torch.Tensor) -> torch.Tensor:
+    """The likelihood's parameters under `decoder`, cropped to the data's size."""
+    return model._crop(decoder(z0))
+
+
+DECODER_LOSSES = ("mse", "cross-entropy")
+
+
+def decoder_loss(model, loss: str, params: torch.Tensor, target: torch.Tensor, gen=None) -> torch.Tensor:
+    """How far the student decoder's likelihood parameters are from the model decoder's, per pixel
+    on average: "mse", the squared difference of their mean images (unclamped: gradients at 0 and
+    1); "cross-entropy", the expected negative log-likelihood of the model's images under the
+    student's (for a Bernoulli exact: the KL between the two, which weighs the faint background
+    probabilities that mean squared error hardly sees, but binarised samples turn into speckles)."""
+    if loss == "mse":
+        return (model.likelihood.mean(params) - model.likelihood.mean(target)).pow(2).mean()
+    # a CPU generator draws on the CPU only (the logistic's estimate draws; on another device, unseeded)
+    return model.likelihood.cross_entropy(params, target, gen if params.device.type == "cpu" else None).mean()
 
 
 def new_decoder(model, channels, num_res_blocks: int, seed: int = 0) -> tuple[Decoder, dict]:
@@ -281,15 +374,15 @@ def student_latents(model, num: int, gen: torch.Generator) -> torch.Tensor:
 
 def distill_decoder(model, z0: torch.Tensor, decoder: Decoder, train_steps: int, batch_size: int = 256,
                     lr: float = 1e-3, ema: float = 0.999, seed: int = 0, own: float = 0.0,
-                    progress: bool = False) -> Decoder:
-    """Train `decoder` to give the model's mean images from the latents z0 [N, ...] (mean squared
-    error over the pixels); returns it with its EMA weights, in eval mode. A fraction `own` of each
+                    progress: bool = False, loss: str = "mse") -> Decoder:
+    """Train `decoder` to give the model's likelihood from the latents z0 [N, ...] (decoder_loss
+    `loss`); returns it with its EMA weights, in eval mode. A fraction `own` of each
     batch is instead the student's own z0 (student_latents), whose model images are computed as
     they come: the student's z0 miss the teacher's, and the decoder is then trained where the
     `distilled` solver will use it."""
     device = next(model.decoder.parameters()).device
     with torch.no_grad():
-        targets = torch.cat([_mean_images(model, model.decoder, c.to(device)).cpu() for c in z0.split(500)])
+        targets = torch.cat([_params(model, model.decoder, c.to(device)).cpu() for c in z0.split(500)])
     n_own = round(own * batch_size)
 
     def batch_loss(gen):
@@ -298,9 +391,9 @@ def distill_decoder(model, z0: torch.Tensor, decoder: Decoder, train_steps: int,
         if n_own:
             mine = student_latents(model, n_own, gen).to(device)
             with torch.no_grad():
-                want = torch.cat([want, _mean_images(model, model.decoder, mine)])
+                want = torch.cat([want, _params(model, model.decoder, mine)])
             latents = torch.cat([latents, mine])
-        return (_mean_images(model, decoder, latents) - want).pow(2).mean()
+        return decoder_loss(model, loss, _params(model, decoder, latents), want, gen)
 
     return _fit(decoder, batch_loss, train_steps, lr, ema, seed, "decoder", progress)
 
@@ -336,6 +429,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seeds the pairs and the batches (default 0)")
     ap.add_argument("--own-path", type=float, default=0.0, help="the fraction of batches whose inputs are points "
                     "of the student's own 2- and 4-step paths rather than the exact ones (default 0)")
+    ap.add_argument("--segments", action="store_true", help="the student also takes the time its step goes to "
+                    "and learns every step of its 1-, 2- and 4-step grids from the teacher's state at the step's "
+                    "start to its state at the step's end (with --student-from, a student without them gains them)")
     ap.add_argument("--adversarial", type=float, default=0.0, metavar="W", help="weight of an adversarial term on "
                     "the 1-step output: a small critic learns to tell the student's z0 from the teacher's, and the "
                     "student learns to fool it, which keeps the spread that regression alone narrows (default 0)")
@@ -345,6 +441,10 @@ def main(argv=None) -> int:
                     "(default 1)")
     ap.add_argument("--decoder-steps", type=int, help="its optimisation steps (default: --train-steps); with "
                     "--student-from and no --decoder-channels, the kept decoder trains this many steps more")
+    ap.add_argument("--decoder-loss", choices=DECODER_LOSSES, default="mse", help="what the decoder learns: the "
+                    "model's mean images by squared error (mse), or its likelihood by cross-entropy (for binary "
+                    "images exact: it weighs the faint background probabilities that binarised samples turn "
+                    "into speckles; default mse)")
     ap.add_argument("--decoder-lr", type=float, default=1e-3, help="the decoder's learning rate (default 1e-3)")
     ap.add_argument("--decoder-own", type=float, default=0.0, metavar="F", help="the fraction of each decoder batch "
                     "that is the student's own z0 from fresh z1 (1, 2 or 4 steps), with the model decoder's images "
@@ -395,7 +495,8 @@ def run(args) -> dict:
     tune_decoder = args.decoder_channels is None and args.decoder_steps is not None
     if args.decoder_steps is None:
         args.decoder_steps = args.train_steps
-    for name in ("pairs", "teacher_steps", "batch_size", "decoder_res_blocks", "decoder_steps"):
+    trains_decoder = args.decoder_channels is not None or tune_decoder
+    for name in ("pairs", "teacher_steps", "batch_size", "decoder_res_blocks") + (("decoder_steps",) if trains_decoder else ()):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.train_steps < (0 if args.student_from is not None else 1):
@@ -414,10 +515,16 @@ def run(args) -> dict:
         if getattr(args, name) and args.decoder_channels is None and not tune_decoder:
             raise ValueError(f"--{name.replace('_', '-')} is for training the student's own decoder: give "
                              "--decoder-channels (a new one) or --decoder-steps with --student-from (the kept one)")
+    if args.decoder_loss != "mse" and not trains_decoder:
+        raise ValueError("--decoder-loss is for training the student's own decoder: give --decoder-channels (a new "
+                         "one) or --decoder-steps with --student-from (the kept one)")
     if args.pairs <= HELD_OUT:
         raise ValueError(f"--pairs must exceed the {HELD_OUT} held-out pairs, got {args.pairs}")
     if not 0.0 <= args.own_path <= 1.0:
         raise ValueError(f"--own-path is a fraction of the batches, from 0 to 1; got {args.own_path}")
+    if args.own_path and args.segments:
+        raise ValueError("--own-path is for a student without segments: a student with segments learns from the "
+                         "teacher's own states along its path; leave one of the two out")
     if not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     if not args.adversarial >= 0:
@@ -441,29 +548,38 @@ def run(args) -> dict:
         if args.decoder_posterior else None
     progress = not args.no_progress
     start = time.perf_counter()
-    z1, z0, cached = (cached_pairs(model, args.pairs_cache, args.pairs, args.teacher_steps, args.seed, progress)
-                      if args.pairs_cache else
-                      (*teacher_pairs(model, args.pairs, args.teacher_steps, args.seed, progress=progress), False))
+    if start_from is not None and args.segments and not start_from[0].segments:
+        start_from = add_segments(*start_from, denoise_time(model))
+    # the times of the student's grids: a new one's are made at the teacher's denoising time
+    grid_denoise_t = denoise_time(model) if start_from is None else start_from[0].denoise_t
+    paths, cached = (cached_paths(model, args.pairs_cache, args.pairs, args.teacher_steps, args.seed, progress,
+                                  grid_denoise_t)
+                     if args.pairs_cache else
+                     (teacher_paths(model, args.pairs, args.teacher_steps, args.seed, progress=progress,
+                                    grid_denoise_t=grid_denoise_t), False))
     teacher_seconds = time.perf_counter() - start
-    train, held = (z1[HELD_OUT:], z0[HELD_OUT:]), (z1[:HELD_OUT], z0[:HELD_OUT])
+    train, held = paths[HELD_OUT:], paths[:HELD_OUT]
     start = time.perf_counter()
-    student = make_student(model, train[1], args.channels) if start_from is None else start_from[0]
+    student = make_student(model, train[:, -1], args.channels, args.segments) if start_from is None else start_from[0]
     model.student = (distill(student, train, args.train_steps, args.batch_size, args.lr,
                              seed=args.seed, own_path=args.own_path, adversarial=args.adversarial, progress=progress)
                      if args.train_steps else student.eval())
     figures = {"pairs": args.pairs, "teacher_steps": args.teacher_steps, "train_steps": args.train_steps,
-               "own_path": args.own_path, "adversarial": args.adversarial, "teacher_seconds": round(teacher_seconds, 1), "pairs_from_cache": cached,
+               "own_path": args.own_path, "adversarial": args.adversarial, "segments": model.student.segments,
+               "teacher_seconds": round(teacher_seconds, 1), "pairs_from_cache": cached,
                "train_seconds": round(time.perf_counter() - start, 1)}
     if start_from is not None:
         figures["student_from"] = str(args.student_from)
     config = copy.deepcopy(model.config)
     config["student"] = ({"sde": config["model"]["prior"]["sde"],
-                          "net": {**config["model"]["prior"]["net"], "channels": model.student.net.temb_ch},
-                          "sigma_data": model.student.sigma_data.item(), "steps": list(STEPS)}
+                          "net": {**config["model"]["prior"]["net"], "channels": model.student.net.temb_ch,
+                                  **({"target_time": True} if args.segments else {})},
+                          "sigma_data": model.student.sigma_data.item(), "steps": list(STEPS),
+                          **({"denoise_t": model.student.denoise_t} if model.student.denoise_t else {})}
                          if start_from is None else start_from[1])
     if args.decoder_channels is not None or tune_decoder:
         start = time.perf_counter()
-        z0 = train[1] if not args.decoder_posterior else torch.cat([train[1], posterior])
+        z0 = train[:, -1] if not args.decoder_posterior else torch.cat([train[:, -1], posterior])
         if tune_decoder:
             decoder = model.student.decoder
         else:
@@ -471,18 +587,19 @@ def run(args) -> dict:
                                                                 args.seed)
         model.student.decoder = distill_decoder(model, z0, decoder, args.decoder_steps, args.batch_size,
                                                 args.decoder_lr, seed=args.seed, own=args.decoder_own,
-                                                progress=progress)
+                                                progress=progress, loss=args.decoder_loss)
         figures.update(decoder_steps=args.decoder_steps, decoder_posterior=args.decoder_posterior,
+                       decoder_loss=args.decoder_loss,
                        decoder_own=args.decoder_own, decoder_lr=args.decoder_lr,
                        decoder_from="student_from" if tune_decoder else "new",
                        decoder_seconds=round(time.perf_counter() - start, 1))
-    figures["float16_images_max_abs"] = round_to_half(model, held[0][:256])
+    figures["float16_images_max_abs"] = round_to_half(model, held[:256, 0])
     # what ships: the figures of the rounded student
-    figures["student_rel_rmse"] = student_error(model, *held)
+    figures["student_rel_rmse"] = student_error(model, held)
     if model.student.decoder is not None:
         device = next(model.parameters()).device
-        figures["decoder_error"] = decoder_error(model, held[1].to(device))
-        own = sample(model, len(held[0]), "distilled", steps=1, z1=held[0], decode=False).z0
+        figures["decoder_error"] = decoder_error(model, held[:, -1].to(device))
+        own = sample(model, len(held), "distilled", steps=1, z1=held[:, 0], decode=False).z0
         figures["decoder_error_own"] = decoder_error(model, own)
     halves = {f"student.{name}" for name, _ in model.student.named_parameters()}
     weights = {k: v.half() if k in halves else v for k, v in model.state_dict().items()}

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from . import atomic
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, load_model, weights_digest
 from .cli import report
 from .data import config_dataset
 from .device import pick_device
@@ -94,8 +94,9 @@ def main(argv=None) -> int:
 
 
 def _resume_key(model, args, n: int, levels) -> dict:
-    """What the sums of an evaluation's batches depend on: the model's weights and every setting."""
-    return {"weights": model.meta.get("files", {}).get("model.safetensors"), "split": args.split, "n": n,
+    """What the sums of an evaluation's batches depend on: the model's weights (its distilled
+    student's aside) and every setting."""
+    return {"weights": weights_digest(model), "split": args.split, "n": n,
             "batch_size": args.batch_size, "atol": args.atol, "rtol": args.rtol, "iw": args.iw,
             "probes": args.probes, "seed": args.seed, "dequantize": levels}
 

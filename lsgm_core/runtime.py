@@ -89,8 +89,10 @@ def _converted(student: Student, threads: int) -> Student:
     z = torch.randn((len(t), *student.shape), generator=torch.Generator().manual_seed(0))
     # copies, so that converting leaves the model's own student (perhaps in training, perhaps float16) as it was
     net = copy.deepcopy(student.net).float().eval()
-    fast_net = OnnxNetwork(net, (z, t), ("z", "t"), threads)
-    pairs = [(fast_net, net, (z, t)), (fast_net, net, (z[:3], t[:3]))]
+    # a student with segments also takes the time its step goes to: here a tenth of t
+    inputs, names = ((z, t, t / 10), ("z", "t", "s")) if student.segments else ((z, t), ("z", "t"))
+    fast_net = OnnxNetwork(net, inputs, names, threads)
+    pairs = [(fast_net, net, inputs), (fast_net, net, tuple(x[:3] for x in inputs))]
     fast_decoder = None
     if student.decoder is not None:
         decoder = copy.deepcopy(student.decoder).float().eval()
@@ -110,11 +112,12 @@ def student_on(model, runtime: str) -> Student | None:
     student = getattr(model, "student", None)
     if student is None or runtime == "torch":
         return student
-    if any(p.device.type != "cpu" for p in student.parameters()):
+    params = list(student.parameters())  # one walk of its modules: a tenth of a 1-step sample's time
+    if any(p.device.type != "cpu" for p in params):
         raise ValueError("the onnxruntime runtime runs on the CPU; for a model on another device use runtime torch")
     # in-place updates (an optimiser's step, load_state_dict) bump a tensor's version: convert again
     threads = torch.get_num_threads()
-    key = (threads, *((p.data_ptr(), p._version) for p in student.parameters()))
+    key = (threads, *((p.data_ptr(), p._version) for p in params))
     with _CONVERTING:
         cached = _CACHE.get(student)
         if cached is None or cached[0] != key:

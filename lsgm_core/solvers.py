@@ -113,9 +113,9 @@ class ProbabilityFlow:
         self._evaluated(t)
         return out
 
-    def student_z0(self, z: torch.Tensor, t) -> torch.Tensor:
-        """The distilled student's z0_hat at (z_t, t), one network evaluation."""
-        out = self.student(z, self._ts(t, z))
+    def student_z0(self, z: torch.Tensor, t, s) -> torch.Tensor:
+        """The distilled student's z0_hat at (z_t, t) for its step to time s, one network evaluation."""
+        out = self.student(z, self._ts(t, z), self._ts(s, z))
         self._evaluated(t)
         return out
 
@@ -354,6 +354,14 @@ def fixed_grid(sde, steps: int, t_end: float, denoise_t: float) -> tuple[torch.T
     return time_grid(sde, steps - 1, denoise_t)
 
 
+def student_grid(sde, steps: int, denoise_t: float = 0.0, t_end: float = ODE_EPS) -> list[float]:
+    """A distilled student's k-step grid: the times it evaluates at, then t_end. Those of the fast
+    solver (`fixed_grid`): uniform in log-SNR from 1 to t_end, or, for a student made at a denoising
+    time, k - 1 steps to it and the jump from there. The grids of 1, 2 and 4 steps nest either way."""
+    t = fixed_grid(sde, steps, t_end, denoise_t)[0].tolist()
+    return t + [t_end] if denoise_t else t
+
+
 # The solvers. One signature: (field, z1, *, t_end, steps, atol, rtol, generator, observer) -> z(t_end),
 # and denoise_t for those registered with denoises=True; each reads the options it is set by and
 # ignores the others, which `solver_options` has refused.
@@ -402,6 +410,61 @@ def fast_encode(prior, z0: torch.Tensor, *, steps: int = 20, alpha=None, t_start
     with torch.no_grad():
         z1 = _exponential_integrator(field, z0, t.flip(0), lam.flip(0), None)
     return z1, field.nfe
+
+
+class _States:
+    """An observer that keeps every state a fixed-step solve reports, in order."""
+
+    def __init__(self):
+        self.z: list[torch.Tensor] = []
+
+    def state(self, t: float, z: torch.Tensor, eps: torch.Tensor | None = None) -> None:
+        self.z.append(z)
+
+
+def fast_states(field: ProbabilityFlow, z: torch.Tensor, times: Sequence[float], *, steps: int = 20,
+                t_end: float = ODE_EPS, denoise_t: float = 0.0) -> torch.Tensor:
+    """The fast solver's path from z at t = 1 through `times` (decreasing, 1 first, t_end last),
+    its states there stacked as [len(times), B, ...]: a distilled student's targets (lsgm_core.distill).
+
+    The solve is the fast solver's with `steps` network evaluations, on a log-SNR grid that holds
+    each of `times` above the flow's end as a node: the pieces between them share the steps in
+    proportion to their log-SNR lengths (at least one each). With denoise_t the flow stops there and
+    jumps to z0_hat (`denoise`, one of the steps); the times below it lie on that jump's move, the
+    DDIM line z_s = m_s z0_hat + sigma_s eps_hat, where the jump from any of them lands on z0_hat too.
+    """
+    times = [float(s) for s in times]
+    if times[0] != 1.0 or times[-1] != t_end or any(a <= b for a, b in zip(times, times[1:])):
+        raise ValueError(f"times must decrease from 1 to t_end = {t_end:g}, got {times}")
+    sde = field.prior.sde
+    end = denoise_t or t_end
+    knots = [1.0] + [s for s in times[1:-1] if s > end] + [end]
+    flow_steps = steps - 1 if denoise_t else steps
+    if flow_steps < len(knots) - 1:
+        raise ValueError(f"{steps} steps cannot hold the {len(knots) - 2} inner times {knots[1:-1]} as grid nodes: "
+                         f"give at least {len(knots) - 1 + bool(denoise_t)}")
+    lengths = log_snr(sde, torch.tensor(knots, dtype=torch.float64)).diff().tolist()
+    counts = [1] * len(lengths)
+    for _ in range(flow_steps - len(lengths)):  # each further step to the piece with the longest steps
+        k = max(range(len(lengths)), key=lambda i: lengths[i] / counts[i])
+        counts[k] += 1
+    lams = []
+    for (a, b), n in zip(zip(knots, knots[1:]), counts):
+        lam_ab = log_snr(sde, torch.tensor([a, b], dtype=torch.float64))
+        lams.append(torch.linspace(lam_ab[0].item(), lam_ab[1].item(), n + 1, dtype=torch.float64)[:-1])
+    lam = torch.cat(lams + [log_snr(sde, torch.tensor([end], dtype=torch.float64))])
+    t = sde.inv_var(torch.sigmoid(-2.0 * lam))
+    nodes = [0] + list(itertools.accumulate(counts))
+    for i, knot in zip(nodes, knots):
+        t[i] = knot  # the nodes at exactly the given times
+    observer = _States()
+    z_end = _exponential_integrator(field, z, t, lam, observer)
+    path = {knot: (observer.z[i] if i < len(observer.z) else z_end) for i, knot in zip(nodes, knots)}
+    if denoise_t:
+        z0 = field.z0_hat(z_end, end)
+        path.update({s: student_move(sde, z_end, z0, end, s)[1] for s in times if s < end and s != t_end})
+        path[t_end] = z0
+    return torch.stack([path[s] for s in times])
 
 
 def _exponential_integrator(field: ProbabilityFlow, z: torch.Tensor, t: torch.Tensor, lam: torch.Tensor,
@@ -472,15 +535,15 @@ def distilled(field: ProbabilityFlow, z: torch.Tensor, *, t_end: float = ODE_EPS
     if steps not in student.steps:
         raise ValueError(f"the student was distilled for {', '.join(map(str, student.steps))} steps, not {steps}")
     prior_sde = field.prior.sde
-    t, _ = time_grid(prior_sde, steps, t_end)
+    t = student_grid(prior_sde, steps, student.denoise_t, t_end)
     for i in range(steps):
-        s = t[i].item()
-        z0_hat = field.student_z0(z, s)
-        eps, z_next = student_move(prior_sde, z, z0_hat, s, t[i + 1].item() if i < steps - 1 else None)
+        s = t[i]
+        z0_hat = field.student_z0(z, s, t[i + 1])
+        eps, z_next = student_move(prior_sde, z, z0_hat, s, t[i + 1] if i < steps - 1 else None)
         if observer is not None:
             observer.state(s, z, eps)
         z = z_next
-    _report_grid(observer, t, z)
+    _report_grid(observer, torch.tensor(t), z)
     return z
 
 

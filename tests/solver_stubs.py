@@ -59,17 +59,25 @@ class GaussianStudent(nn.Module):
 
     steps = (1, 2, 4)
     decoder = None  # decodes as the model does
+    segments = False  # it learned z0 alone (lsgm_core.student)
+    denoise_t = 0.0  # its grids are the fast solver's without a jump
 
     def __init__(self, prior, t_end: float):
         super().__init__()
         self.prior, self.sde = prior, prior.sde
         self.r = (prior.s(t_end) / prior.s(1.0)).item()
 
-    def forward(self, z, t):
+    def forward(self, z, t, s=None):
         sde, t = self.prior.sde, torch.as_tensor(t, dtype=torch.float64).view(-1, 1, 1, 1)
         m1, s1 = sde.mean_coef(torch.tensor(1.0, dtype=torch.float64)), sde.sigma(torch.tensor(1.0, dtype=torch.float64))
         k = sde.mean_coef(t) * self.r + sde.sigma(t) * (1.0 - m1 * self.r) / s1
         return (self.r * z.double() / k).to(z.dtype)
+
+
+def gaussian_paths(prior, z1, times) -> torch.Tensor:
+    """The exact teacher paths of GaussianPrior from z1 [N, ...]: its states z1 s_t / s_1 at `times`,
+    [N, len(times), ...] (as lsgm_core.distill.teacher_paths gives them)."""
+    return torch.stack([z1 * (prior.s(t) / prior.s(1.0)).float() for t in times], 1)
 
 
 class Wrap(nn.Module):
@@ -103,14 +111,17 @@ def random_prior(sde: str = "geometric_vpsde") -> ScorePrior:
     return prior.eval()
 
 
-def untrained_student(model) -> tuple[Student, dict]:
+def untrained_student(model, segments: bool = False) -> tuple[Student, dict]:
     """A seeded, untrained student for a checkpoint's model (U-Net 8 wide, a decoder of widths 8, 16),
     its output layer drawn at random (a new U-Net's is zero) so that it moves z far from the
-    Gaussian posterior mean; and its config, as a checkpoint holds it."""
+    Gaussian posterior mean, and so the target time's embedding of one with segments; and its
+    config, as a checkpoint holds it."""
     prior = model.config["model"]["prior"]
-    config = {"sde": prior["sde"], "net": {**prior["net"], "channels": 8}, "sigma_data": 0.7,
-              "decoder": {"out_channels": 1, "channels": [8, 16], "num_res_blocks": 1}}
+    config = {"sde": prior["sde"], "net": {**prior["net"], "channels": 8, **({"target_time": True} if segments else {})},
+              "sigma_data": 0.7, "decoder": {"out_channels": 1, "channels": [8, 16], "num_res_blocks": 1}}
     torch.manual_seed(0)
     student = Student.from_config(config, model.prior).eval()
     nn.init.normal_(student.net.conv_out.weight, std=0.2)
+    if segments:
+        nn.init.normal_(student.net.target_temb[-1].weight, std=0.2)
     return student, config

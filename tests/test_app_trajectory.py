@@ -12,7 +12,7 @@ from test_distill import distilled  # noqa: F401  (the tiny LSGM with a small st
 from app.images import LABEL_MARGIN, display_scale, tile_box, to_pil
 from app.tabs.trajectory import NO_STUDENT
 from lsgm_core import load_model
-from lsgm_core.solvers import sample, time_grid
+from lsgm_core.solvers import sample, student_grid
 
 pytestmark = pytest.mark.slow
 
@@ -46,14 +46,15 @@ def test_the_students_paths_start_from_the_runs_z1_and_end_on_its_samples(client
     model = load_model(distilled)
     z1 = torch.randn((n, *model.prior.shape), generator=torch.Generator().manual_seed(seed))  # sample()'s draw
     run_z0 = sample(model, n, "fast", steps=5, z1=z1).z0
-    columns = [round(t, 6) for t in time_grid(model.prior.sde, max(model.student.steps))[0].tolist()]
+    grid = lambda k: student_grid(model.prior.sde, k, model.student.denoise_t)  # noqa: E731
+    columns = [round(t, 6) for t in grid(max(model.student.steps))]
     side = model.image_size - 2 * model.crop
     start = grey(model.decode_images(z1, model.student.decoder)[0])
     gaps = {int(k): float(g) for k, g in re.findall(r"(\d) steps? \*\*([0-9.]+)\*\*", stats)}
     assert list(gaps) == list(model.student.steps), stats
     for block, k in enumerate(model.student.steps):
         want = sample(model, n, "distilled", steps=k, z1=z1)
-        on_grid = {round(t, 6) for t in time_grid(model.prior.sde, k)[0].tolist()}
+        on_grid = {round(t, 6) for t in grid(k)}
         for i in range(n):
             row = (block * n + i) * len(columns)
             # one grey level: the server's thread count may round differently

@@ -18,15 +18,16 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.skipif(not available("onnxruntime"), reason="onnx and onnxruntime are not installed")
 
 
-def with_student(path) -> torch.nn.Module:
+def with_student(path, segments: bool = False) -> torch.nn.Module:
     model = load_model(path)
-    model.student, model.config["student"] = untrained_student(model)
+    model.student, model.config["student"] = untrained_student(model, segments)
     return model
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoints):
-    return with_student(tiny_checkpoints["stage2"])
+@pytest.fixture(scope="module", params=[False, True], ids=["z0", "segments"])
+def model(tiny_checkpoints, request):
+    """A student of z0 alone, and one with segments (its U-Net takes the target time too)."""
+    return with_student(tiny_checkpoints["stage2"], request.param)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])

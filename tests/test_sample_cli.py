@@ -120,6 +120,22 @@ def test_an_evaluation_stopped_and_resumed_gives_the_unbroken_runs_figures(tiny_
     assert code == 2 and "not a file this command wrote" in err
 
 
+def test_a_resume_record_holds_for_the_model_with_any_student_but_not_for_other_weights(tiny_checkpoints):
+    """The record's key names the weights an evaluation reads: a distilled student added to the
+    checkpoint leaves it as it was; any change to the prior or the VAE changes it."""
+    from solver_stubs import untrained_student
+
+    from lsgm_core import load_model
+    from lsgm_core.checkpoint import weights_digest
+    model = load_model(tiny_checkpoints["stage2"])
+    before = weights_digest(model)
+    model.student = untrained_student(model)[0]
+    assert weights_digest(model) == before
+    with torch.no_grad():
+        next(model.prior.parameters()).view(-1)[0] += 1e-6
+    assert weights_digest(model) != before
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--checkpoint", "{missing}"], "does not exist"),
     (["--limit", 0], "--limit must be positive"),

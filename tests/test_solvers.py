@@ -56,6 +56,50 @@ def test_fast_solver_converges_to_the_gaussian_closed_form(sde):
     assert err[10] / err[20] > 6.0  # third order: halving the step divides the error by ~8 (measured 11, 15)
 
 
+@pytest.mark.parametrize("denoise_t", [0.0, 0.15])
+def test_fast_states_follow_the_gaussian_path_through_given_times(denoise_t):
+    """The teacher paths of distillation: the fast solver's states at the 4-step grid's times, those
+    above the denoising time on the closed-form path z1 s_t / s_1, those below on the jump's line
+    z_t = m_t z0_hat + sigma_t eps_hat from the state at denoise_t (the stub's exact eps_hat)."""
+    prior = GaussianPrior(SDES["vpsde"], c=0.3)
+    sde = prior.sde
+    z1 = torch.randn(8, *prior.shape, generator=torch.Generator().manual_seed(0))
+    times = time_grid(sde, 4, ODE_EPS)[0].tolist()
+    field = solvers.ProbabilityFlow(prior)
+    states = solvers.fast_states(field, z1, times, steps=40, denoise_t=denoise_t)
+    assert field.nfe == 40 and states.shape == (len(times), *z1.shape) and torch.equal(states[0], z1)
+    path = lambda t: z1 * (prior.s(t) / prior.s(1.0)).float()  # noqa: E731
+    coef = lambda f, t: f(torch.tensor(t, dtype=torch.float64)).item()  # noqa: E731
+    end = denoise_t or ODE_EPS
+    z_end = path(end)
+    z0 = z_end * coef(sde.mean_coef, end) * prior.c ** 2 / prior.s(end).item() ** 2 if denoise_t else z_end
+    eps = z_end * coef(sde.sigma, end) / prior.s(end).item() ** 2
+    for t, got in zip(times, states):
+        want = path(t) if t >= end else (z0 if t == ODE_EPS else coef(sde.mean_coef, t) * z0 + coef(sde.sigma, t) * eps)
+        assert (got - want).abs().max().item() < 2e-3 * want.abs().max().item(), t  # measured 6e-4 at most
+    with pytest.raises(ValueError, match="decrease from 1"):
+        solvers.fast_states(field, z1, times[::-1], steps=40)
+    with pytest.raises(ValueError, match="cannot hold"):
+        solvers.fast_states(field, z1, times, steps=2)
+
+
+@pytest.mark.parametrize("denoise_t", [0.0, 0.15])
+def test_a_students_grids_are_the_fast_solvers_and_nest(denoise_t):
+    """The distilled student's k-step grid (its evaluation times, then t_end) is the fast solver's
+    at k steps, the jump included where it denoises; the 1- and 2-step grids lie in the 4-step one."""
+    sde = SDES["vpsde"]
+    grids = {k: solvers.student_grid(sde, k, denoise_t) for k in (1, 2, 4)}
+    for k, grid in grids.items():
+        assert len(grid) == k + 1 and grid[0] == 1.0 and grid[-1] == ODE_EPS
+        assert all(a > b for a, b in zip(grid, grid[1:]))
+        assert grid[:k] == solvers.fixed_grid(sde, k, ODE_EPS, denoise_t)[0].tolist()[:k]
+        assert all(any(abs(t - u) < 1e-12 for u in grids[4]) for t in grid)
+    if denoise_t:
+        assert grids[2] == [1.0, denoise_t, ODE_EPS] and grids[1] == [1.0, ODE_EPS]
+    else:
+        assert grids[4] == time_grid(sde, 4, ODE_EPS)[0].tolist()
+
+
 def dpm_solver_pp_2m(prior, z, steps):
     """DPM-Solver++(2M) as its paper writes it (data prediction D, log-SNR grid, a first-order first
     and, below 10 steps, last step): the reference the fast solver follows at few steps."""

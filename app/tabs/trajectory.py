@@ -21,7 +21,7 @@ def student_paths(model, z1: torch.Tensor) -> list[tuple[int, torch.Tensor, torc
     the decoded z_t there [k + 1, N, C, H, W], the last being the sample, and z0 [N, ...])."""
     out = []
     for k in model.student.steps:
-        times = solvers.time_grid(model.prior.sde, k)[0].tolist()
+        times = solvers.student_grid(model.prior.sde, k, model.student.denoise_t)
         result = solvers.sample(model, len(z1), "distilled", steps=k, z1=z1, record_times=times)
         zt = result.trajectory.zt[:-1]
         # the last state is the sample itself: its image as sample() gives it, not a second decode

@@ -64,7 +64,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import atomic
-from .checkpoint import derived_meta, load_model, save_checkpoint
+from .checkpoint import derived_meta, load_model, save_checkpoint, weights_digest
 from .cli import report
 from .data import config_dataset
 from .device import pick_device
@@ -115,7 +115,8 @@ def cached_paths(model, path: str | Path, num: int, steps: int, seed: int = 0, p
                  grid_denoise_t: float = 0.0) -> tuple[torch.Tensor, bool]:
     """teacher_paths, kept in the safetensors file `path` under a key of what they depend on; the
     second value says whether they came from the file."""
-    key = {"weights": str(model.meta.get("files", {}).get("model.safetensors")), "pairs": str(num),
+    # the paths depend on the prior's weights, not on a student the checkpoint may hold
+    key = {"weights": weights_digest(model), "pairs": str(num),
            "teacher_steps": str(steps), "seed": str(seed),
            "times": str(path_times(model.prior.sde, grid_denoise_t))}
     path = Path(path)
@@ -454,8 +455,8 @@ def main(argv=None) -> int:
                     "--data-dir), so that it sees latents beyond the teacher's samples (default 0)")
     ap.add_argument("--data-dir", help="data folder for --decoder-posterior (default: $LSGM_DATA_DIR or "
                     "~/.cache/lsgm/data)")
-    ap.add_argument("--pairs-cache", help="a safetensors file that keeps the teacher pairs for the next run "
-                    "with the same teacher, --pairs, --teacher-steps and --seed")
+    ap.add_argument("--pairs-cache", help="a safetensors file that keeps the teacher paths for the next run "
+                    "with the same teacher, --pairs, --teacher-steps, --seed and student grid")
     ap.add_argument("--student-from", help="a checkpoint whose student to start from (and whose decoder to keep "
                     "unless --decoder-channels is given) instead of a new one")
     ap.add_argument("--device", help="cuda, mps or cpu (default: the best available)")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from solver_stubs import SDES, GaussianPrior, GaussianStudent, Wrap, gaussian_paths
+from solver_stubs import SDES, GaussianPrior, GaussianStudent, Wrap, gaussian_paths, untrained_student
 
 from lsgm_core import bench, distill, load_model, sample, solvers
 from lsgm_core.data import config_dataset
@@ -160,6 +160,8 @@ def test_the_paths_cache_is_reused_while_teacher_and_settings_match(tiny_checkpo
     again = distill.cached_paths(model, cache, 20, 4)
     assert len(calls) == 1 and torch.equal(first[0], again[0])
     assert not first[1] and again[1]  # computed, then read
+    model.student = untrained_student(model)[0]  # a student in the teacher's checkpoint leaves its paths as they were
+    assert distill.cached_paths(model, cache, 20, 4)[1] and len(calls) == 1
     other = distill.cached_paths(model, cache, 20, 5)  # another setting: computed and kept instead
     assert len(calls) == 2 and not torch.equal(other[0], first[0]) and not other[1]
     cache.write_bytes(b"not a safetensors file")

@@ -276,6 +276,13 @@ def adversarial_term(student: Student, critic: LatentCritic, critic_opt, z1: tor
     return F.softplus(-critic(fake)).mean()
 
 
+def check_own_path(own_path: float, segments: bool) -> None:
+    """Refuses --own-path for a student with segments, which learns from the teacher's own path."""
+    if own_path and segments:
+        raise ValueError("--own-path is for a student without segments: a student with segments learns from the "
+                         "teacher's own states along its path; leave one of the two out")
+
+
 def distill(student: Student, paths: torch.Tensor, train_steps: int, batch_size: int = 256,
             lr: float = 2e-4, ema: float = 0.999, seed: int = 0, own_path: float = 0.0, adversarial: float = 0.0,
             progress: bool = False) -> Student:
@@ -291,9 +298,7 @@ def distill(student: Student, paths: torch.Tensor, train_steps: int, batch_size:
     the 1-step output (adversarial_term): regression alone pulls the output towards what is
     predictable from z1 and narrows the samples; a critic that tells them from the teacher's keeps
     their spread."""
-    if student.segments and own_path:
-        raise ValueError("--own-path is for a student without segments: a student with segments learns from the "
-                         "teacher's own states along its path; leave one of the two out")
+    check_own_path(own_path, student.segments)
     z1, z0 = paths[:, 0], paths[:, -1]
     device = next(student.parameters()).device
     grid = torch.tensor(path_times(student.sde, student.denoise_t), dtype=torch.float32)
@@ -512,20 +517,15 @@ def run(args) -> dict:
         raise ValueError(f"--decoder-lr must be positive, got {args.decoder_lr}")
     if args.decoder_posterior < 0:
         raise ValueError(f"--decoder-posterior is a number of training images, 0 or more; got {args.decoder_posterior}")
-    for name in ("decoder_own", "decoder_posterior"):
-        if getattr(args, name) and args.decoder_channels is None and not tune_decoder:
+    for name, given in (("decoder_own", args.decoder_own), ("decoder_posterior", args.decoder_posterior),
+                        ("decoder_loss", args.decoder_loss != "mse")):
+        if given and not trains_decoder:
             raise ValueError(f"--{name.replace('_', '-')} is for training the student's own decoder: give "
                              "--decoder-channels (a new one) or --decoder-steps with --student-from (the kept one)")
-    if args.decoder_loss != "mse" and not trains_decoder:
-        raise ValueError("--decoder-loss is for training the student's own decoder: give --decoder-channels (a new "
-                         "one) or --decoder-steps with --student-from (the kept one)")
     if args.pairs <= HELD_OUT:
         raise ValueError(f"--pairs must exceed the {HELD_OUT} held-out pairs, got {args.pairs}")
     if not 0.0 <= args.own_path <= 1.0:
         raise ValueError(f"--own-path is a fraction of the batches, from 0 to 1; got {args.own_path}")
-    if args.own_path and args.segments:
-        raise ValueError("--own-path is for a student without segments: a student with segments learns from the "
-                         "teacher's own states along its path; leave one of the two out")
     if not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     if not args.adversarial >= 0:
@@ -535,6 +535,8 @@ def run(args) -> dict:
                          "whose width it keeps: give one of the two")
     model = load_model(args.checkpoint, pick_device(args.device))
     start_from = student_from(model, args.student_from) if args.student_from is not None else None
+    # before the teacher's paths: a student started from one with segments has them too
+    check_own_path(args.own_path, args.segments or (start_from is not None and start_from[0].segments))
     if tune_decoder and start_from[0].decoder is None:
         raise ValueError(f"--decoder-steps without --decoder-channels trains the decoder of the --student-from "
                          f"student further, but the student of {args.student_from} has none: give --decoder-channels")
@@ -574,11 +576,11 @@ def run(args) -> dict:
     config = copy.deepcopy(model.config)
     config["student"] = ({"sde": config["model"]["prior"]["sde"],
                           "net": {**config["model"]["prior"]["net"], "channels": model.student.net.temb_ch,
-                                  **({"target_time": True} if args.segments else {})},
+                                  **({"target_time": True} if model.student.segments else {})},
                           "sigma_data": model.student.sigma_data.item(), "steps": list(STEPS),
                           **({"denoise_t": model.student.denoise_t} if model.student.denoise_t else {})}
                          if start_from is None else start_from[1])
-    if args.decoder_channels is not None or tune_decoder:
+    if trains_decoder:
         start = time.perf_counter()
         z0 = train[:, -1] if not args.decoder_posterior else torch.cat([train[:, -1], posterior])
         if tune_decoder:

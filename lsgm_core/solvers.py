@@ -443,16 +443,15 @@ def fast_states(field: ProbabilityFlow, z: torch.Tensor, times: Sequence[float],
     if flow_steps < len(knots) - 1:
         raise ValueError(f"{steps} steps cannot hold the {len(knots) - 2} inner times {knots[1:-1]} as grid nodes: "
                          f"give at least {len(knots) - 1 + bool(denoise_t)}")
-    lengths = log_snr(sde, torch.tensor(knots, dtype=torch.float64)).diff().tolist()
+    lam_knots = log_snr(sde, torch.tensor(knots, dtype=torch.float64)).tolist()
+    lengths = [b - a for a, b in zip(lam_knots, lam_knots[1:])]
     counts = [1] * len(lengths)
     for _ in range(flow_steps - len(lengths)):  # each further step to the piece with the longest steps
         k = max(range(len(lengths)), key=lambda i: lengths[i] / counts[i])
         counts[k] += 1
-    lams = []
-    for (a, b), n in zip(zip(knots, knots[1:]), counts):
-        lam_ab = log_snr(sde, torch.tensor([a, b], dtype=torch.float64))
-        lams.append(torch.linspace(lam_ab[0].item(), lam_ab[1].item(), n + 1, dtype=torch.float64)[:-1])
-    lam = torch.cat(lams + [log_snr(sde, torch.tensor([end], dtype=torch.float64))])
+    lam = torch.cat([torch.linspace(a, b, n + 1, dtype=torch.float64)[:-1]
+                     for a, b, n in zip(lam_knots, lam_knots[1:], counts)]
+                    + [torch.tensor(lam_knots[-1:], dtype=torch.float64)])
     t = sde.inv_var(torch.sigmoid(-2.0 * lam))
     nodes = [0] + list(itertools.accumulate(counts))
     for i, knot in zip(nodes, knots):
